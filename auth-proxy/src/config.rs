@@ -1,0 +1,552 @@
+//! The proxy's settings: one TOML file (`--config PATH` or `AUTH_PROXY_CONFIG`) overridden by a few
+//! environment variables, loaded once at start and validated. Every error names the setting (and its
+//! environment variable, where there is one) and says what is wrong.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use jsonwebtoken::Algorithm;
+use serde::Deserialize;
+
+/// Shortest HMAC secret accepted without `jwt.allow_weak_secret`.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub listen: String,
+    pub admin_listen: String,
+    pub upstream: String,
+    pub threads: usize,
+    pub forward_credentials: bool,
+    pub websocket_idle_timeout_secs: u64,
+    pub shutdown_grace_secs: u64,
+    pub trusted_proxies: Vec<String>,
+    pub public_paths: Vec<String>,
+    pub public_prefixes: Vec<String>,
+    pub admin_paths: Vec<String>,
+    pub admin_prefixes: Vec<String>,
+    pub max_token_bytes: usize,
+    pub jwt: JwtConfig,
+    pub users: UsersConfig,
+    pub identity: IdentityConfig,
+    pub throttle: ThrottleConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JwtConfig {
+    pub secret: String,
+    pub algorithms: Vec<String>,
+    pub public_key_file: String,
+    pub leeway_secs: u64,
+    pub require_exp: bool,
+    pub max_token_age_secs: u64,
+    pub user_id_claim: String,
+    pub allow_weak_secret: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UsersConfig {
+    pub database_url: String,
+    pub table: String,
+    pub id_column: String,
+    pub username_column: String,
+    pub admin_column: String,
+    pub active_condition: String,
+    pub cache_ttl_secs: u64,
+    pub negative_cache_ttl_secs: u64,
+    pub cache_capacity: u64,
+    pub query_timeout_ms: u64,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdentityConfig {
+    pub secret: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ThrottleConfig {
+    pub failures_per_minute: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "0.0.0.0:8080".into(),
+            admin_listen: "0.0.0.0:9090".into(),
+            upstream: "127.0.0.1:8000".into(),
+            threads: 1,
+            forward_credentials: false,
+            websocket_idle_timeout_secs: 3600,
+            shutdown_grace_secs: 15,
+            trusted_proxies: Vec::new(),
+            public_paths: Vec::new(),
+            public_prefixes: Vec::new(),
+            admin_paths: Vec::new(),
+            admin_prefixes: Vec::new(),
+            max_token_bytes: 8192,
+            jwt: JwtConfig::default(),
+            users: UsersConfig::default(),
+            identity: IdentityConfig::default(),
+            throttle: ThrottleConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        JwtConfig {
+            secret: String::new(),
+            algorithms: vec!["HS256".into()],
+            public_key_file: String::new(),
+            leeway_secs: 30,
+            require_exp: false,
+            max_token_age_secs: 0,
+            user_id_claim: "id".into(),
+            allow_weak_secret: false,
+        }
+    }
+}
+
+impl Default for UsersConfig {
+    fn default() -> Self {
+        UsersConfig {
+            database_url: String::new(),
+            table: "Users".into(),
+            id_column: "id".into(),
+            username_column: "username".into(),
+            admin_column: "isAdmin".into(),
+            active_condition: String::new(),
+            cache_ttl_secs: 30,
+            negative_cache_ttl_secs: 5,
+            cache_capacity: 100_000,
+            query_timeout_ms: 2000,
+            max_connections: 8,
+        }
+    }
+}
+
+impl Default for ThrottleConfig {
+    fn default() -> Self {
+        ThrottleConfig {
+            failures_per_minute: 20,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Human,
+        }
+    }
+}
+
+/// A setting that is wrong, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("config error: {setting}: {problem}")]
+pub struct ConfigError {
+    pub setting: String,
+    pub problem: String,
+}
+
+fn err(setting: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        setting: setting.into(),
+        problem: problem.into(),
+    }
+}
+
+/// The environment variables that override the file, and the setting each one sets.
+pub const ENV_OVERRIDES: [(&str, &str); 6] = [
+    ("JWT_SECRET", "jwt.secret"),
+    ("DATABASE_URL", "users.database_url"),
+    ("AUTH_PROXY_LISTEN", "listen"),
+    ("AUTH_PROXY_ADMIN_LISTEN", "admin_listen"),
+    ("AUTH_PROXY_UPSTREAM", "upstream"),
+    ("IDENTITY_SECRET", "identity.secret"),
+];
+
+impl Config {
+    /// Reads the file (if any), applies the environment, validates.
+    pub fn load(
+        path: Option<PathBuf>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut config = match path {
+            Some(p) => Self::from_file(&p)?,
+            None => Config::default(),
+        };
+        config.apply_env(env);
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn from_file(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| err("--config", format!("cannot read {}: {e}", path.display())))?;
+        toml::from_str(&text)
+            .map_err(|e| err("--config", format!("{}: {}", path.display(), e.message())))
+    }
+
+    /// Applies the environment overrides (empty values are ignored).
+    pub fn apply_env(&mut self, env: &dyn Fn(&str) -> Option<String>) {
+        let get = |name: &str| env(name).filter(|v| !v.is_empty());
+        if let Some(v) = get("JWT_SECRET") {
+            self.jwt.secret = v;
+        }
+        if let Some(v) = get("DATABASE_URL") {
+            self.users.database_url = v;
+        }
+        if let Some(v) = get("AUTH_PROXY_LISTEN") {
+            self.listen = v;
+        }
+        if let Some(v) = get("AUTH_PROXY_ADMIN_LISTEN") {
+            self.admin_listen = v;
+        }
+        if let Some(v) = get("AUTH_PROXY_UPSTREAM") {
+            self.upstream = v;
+        }
+        if let Some(v) = get("IDENTITY_SECRET") {
+            self.identity.secret = v;
+        }
+    }
+
+    /// Checks every setting; the first problem found is returned.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        parse_addr("listen (AUTH_PROXY_LISTEN)", &self.listen)?;
+        parse_addr("admin_listen (AUTH_PROXY_ADMIN_LISTEN)", &self.admin_listen)?;
+        parse_addr("upstream (AUTH_PROXY_UPSTREAM)", &self.upstream)?;
+        if self.listen == self.admin_listen {
+            return Err(err(
+                "admin_listen (AUTH_PROXY_ADMIN_LISTEN)",
+                "must differ from listen",
+            ));
+        }
+        if self.threads == 0 {
+            return Err(err("threads", "must be at least 1"));
+        }
+        if self.websocket_idle_timeout_secs == 0 {
+            return Err(err("websocket_idle_timeout_secs", "must be at least 1"));
+        }
+        if self.max_token_bytes == 0 {
+            return Err(err("max_token_bytes", "must be at least 1"));
+        }
+        for p in self.trusted_proxies.iter() {
+            parse_cidr(p).map_err(|e| err("trusted_proxies", format!("{p:?}: {e}")))?;
+        }
+        for (name, list) in [
+            ("public_paths", &self.public_paths),
+            ("public_prefixes", &self.public_prefixes),
+            ("admin_paths", &self.admin_paths),
+            ("admin_prefixes", &self.admin_prefixes),
+        ] {
+            if let Some(bad) = list.iter().find(|p| !p.starts_with('/')) {
+                return Err(err(name, format!("{bad:?} must start with '/'")));
+            }
+        }
+        self.validate_jwt()?;
+        self.validate_users()?;
+        self.validate_identity()?;
+        if self.throttle.failures_per_minute == 0 {
+            return Err(err("throttle.failures_per_minute", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    fn validate_jwt(&self) -> Result<(), ConfigError> {
+        let algs = self.algorithms()?;
+        let uses_hmac = algs
+            .iter()
+            .any(|a| crate::jwt::family(*a) == crate::jwt::Family::Hmac);
+        let uses_pem = algs
+            .iter()
+            .any(|a| crate::jwt::family(*a) != crate::jwt::Family::Hmac);
+        if uses_hmac {
+            let len = self.jwt.secret.len();
+            if len == 0 {
+                return Err(err(
+                    "jwt.secret (JWT_SECRET)",
+                    "is required for HS algorithms",
+                ));
+            }
+            if len < MIN_SECRET_BYTES && !self.jwt.allow_weak_secret {
+                return Err(err(
+                    "jwt.secret (JWT_SECRET)",
+                    format!(
+                        "must be at least {MIN_SECRET_BYTES} bytes (got {len}); set jwt.allow_weak_secret = true to accept it"
+                    ),
+                ));
+            }
+        }
+        if uses_pem && self.jwt.public_key_file.is_empty() {
+            return Err(err(
+                "jwt.public_key_file",
+                "is required for RS/ES/PS algorithms",
+            ));
+        }
+        if self.jwt.user_id_claim.is_empty() {
+            return Err(err("jwt.user_id_claim", "must not be empty"));
+        }
+        Ok(())
+    }
+
+    fn validate_users(&self) -> Result<(), ConfigError> {
+        let u = &self.users;
+        let url = u.database_url.as_str();
+        if url.is_empty() {
+            return Err(err(
+                "users.database_url (DATABASE_URL)",
+                "is required (sqlite://PATH or postgres://...)",
+            ));
+        }
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            return Err(err(
+                "users.database_url (DATABASE_URL)",
+                "must start with sqlite:, postgres:// or postgresql://",
+            ));
+        }
+        for (name, value) in [
+            ("users.table", &u.table),
+            ("users.id_column", &u.id_column),
+            ("users.username_column", &u.username_column),
+            ("users.admin_column", &u.admin_column),
+        ] {
+            crate::users::check_identifier(value).map_err(|p| err(name, p))?;
+        }
+        if u.active_condition.contains(';') {
+            return Err(err(
+                "users.active_condition",
+                "must be one SQL condition, without ';'",
+            ));
+        }
+        if u.query_timeout_ms == 0 {
+            return Err(err("users.query_timeout_ms", "must be at least 1"));
+        }
+        if u.max_connections == 0 {
+            return Err(err("users.max_connections", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    fn validate_identity(&self) -> Result<(), ConfigError> {
+        let len = self.identity.secret.len();
+        if len < MIN_SECRET_BYTES {
+            return Err(err(
+                "identity.secret (IDENTITY_SECRET)",
+                format!("must be at least {MIN_SECRET_BYTES} bytes (got {len}); it is shared with the agent only"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The configured algorithm allowlist.
+    pub fn algorithms(&self) -> Result<Vec<Algorithm>, ConfigError> {
+        if self.jwt.algorithms.is_empty() {
+            return Err(err("jwt.algorithms", "must name at least one algorithm"));
+        }
+        self.jwt
+            .algorithms
+            .iter()
+            .map(|a| {
+                a.parse::<Algorithm>().map_err(|_| {
+                    err(
+                        "jwt.algorithms",
+                        format!("{a:?} is not a supported algorithm (e.g. HS256, RS256, ES256)"),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// Warnings to log at every start for explicit loosenings.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if self.jwt.allow_weak_secret && self.jwt.secret.len() < MIN_SECRET_BYTES {
+            w.push(format!(
+                "jwt.allow_weak_secret is on and the JWT secret is {} bytes: tokens are easier to forge; use at least {MIN_SECRET_BYTES}",
+                self.jwt.secret.len()
+            ));
+        }
+        if self.forward_credentials {
+            w.push("forward_credentials is on: the client's token and Authorization header reach the upstream".into());
+        }
+        w
+    }
+
+    /// The trusted proxy networks, parsed.
+    pub fn trusted_networks(&self) -> Vec<(IpAddr, u8)> {
+        self.trusted_proxies
+            .iter()
+            .filter_map(|p| parse_cidr(p).ok())
+            .collect()
+    }
+}
+
+fn parse_addr(setting: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|_| {
+        err(
+            setting,
+            format!("{value:?} is not an address like 127.0.0.1:8080"),
+        )
+    })
+}
+
+/// Parses `10.0.0.0/8`, `::1/128` or a bare address.
+pub fn parse_cidr(s: &str) -> Result<(IpAddr, u8), String> {
+    let (ip, len) = match s.split_once('/') {
+        Some((ip, len)) => (ip, Some(len)),
+        None => (s, None),
+    };
+    let ip: IpAddr = ip
+        .trim()
+        .parse()
+        .map_err(|_| "not an IP address or CIDR".to_string())?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let len = match len {
+        Some(l) => l
+            .trim()
+            .parse::<u8>()
+            .ok()
+            .filter(|l| *l <= max)
+            .ok_or("bad prefix length")?,
+        None => max,
+    };
+    Ok((ip, len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    fn minimal() -> &'static [(&'static str, &'static str)] {
+        &[
+            ("JWT_SECRET", SECRET),
+            ("IDENTITY_SECRET", SECRET),
+            ("DATABASE_URL", "sqlite:///tmp/x.db"),
+        ]
+    }
+
+    #[test]
+    fn environment_alone_is_enough() {
+        let c = Config::load(None, &env_of(minimal())).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:8080");
+        assert_eq!(c.admin_listen, "0.0.0.0:9090");
+        assert_eq!(c.upstream, "127.0.0.1:8000");
+        assert_eq!(c.users.table, "Users");
+        assert_eq!(c.jwt.algorithms, vec!["HS256"]);
+    }
+
+    #[test]
+    fn short_secret_needs_the_opt_in() {
+        let env = env_of(&[
+            ("JWT_SECRET", "short"),
+            ("IDENTITY_SECRET", SECRET),
+            ("DATABASE_URL", "sqlite:x.db"),
+        ]);
+        let e = Config::load(None, &env).unwrap_err();
+        assert!(e.to_string().contains("jwt.secret (JWT_SECRET)"), "{e}");
+        assert!(e.to_string().contains("allow_weak_secret"), "{e}");
+        assert!(
+            !e.to_string().contains("short"),
+            "the secret must not be echoed: {e}"
+        );
+
+        let mut c = Config::default();
+        c.apply_env(&env);
+        c.jwt.allow_weak_secret = true;
+        c.validate().unwrap();
+        assert_eq!(c.warnings().len(), 1);
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        let mut c = Config::default();
+        c.apply_env(&env_of(minimal()));
+        c.listen = "nope".into();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("listen (AUTH_PROXY_LISTEN)"));
+
+        let mut c = Config::default();
+        c.apply_env(&env_of(minimal()));
+        c.jwt.algorithms = vec!["HS999".into()];
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("jwt.algorithms"));
+
+        let mut c = Config::default();
+        c.apply_env(&env_of(minimal()));
+        c.users.table = "Users; DROP".into();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("users.table"));
+
+        let mut c = Config::default();
+        c.apply_env(&env_of(minimal()));
+        c.jwt.algorithms = vec!["RS256".into()];
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("jwt.public_key_file"));
+    }
+
+    #[test]
+    fn toml_is_parsed_and_unknown_keys_refused() {
+        let c: Config = toml::from_str("threads = 2\n[users]\ntable = \"people\"\n").unwrap();
+        assert_eq!(c.threads, 2);
+        assert_eq!(c.users.table, "people");
+        assert_eq!(c.users.id_column, "id");
+        assert!(toml::from_str::<Config>("thread = 2").is_err());
+    }
+
+    #[test]
+    fn cidrs() {
+        assert_eq!(parse_cidr("10.0.0.0/8").unwrap().1, 8);
+        assert_eq!(parse_cidr("::1").unwrap().1, 128);
+        assert!(parse_cidr("10.0.0.0/33").is_err());
+        assert!(parse_cidr("nope").is_err());
+    }
+}

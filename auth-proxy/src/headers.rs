@@ -1,0 +1,181 @@
+//! Header hygiene: which client headers must never reach the upstream (the reserved identity
+//! prefixes, also when named in `Connection`), the request id, and the forwarded-for headers.
+
+use std::net::IpAddr;
+
+use shared::identity::is_reserved_header;
+
+/// Names of the headers to delete from a client request: every reserved identity header present.
+pub fn reserved_present<'a>(names: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut out: Vec<String> = names
+        .filter(|n| is_reserved_header(n))
+        .map(str::to_ascii_lowercase)
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// A `Connection` header value without tokens that name reserved headers; `None` if nothing is left.
+pub fn clean_connection(value: &str) -> Option<String> {
+    let kept: Vec<&str> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && !is_reserved_header(t))
+        .collect();
+    (!kept.is_empty()).then(|| kept.join(", "))
+}
+
+/// The client's request id if sane (1–128 of `A-Za-z0-9._:-`), else a new UUID.
+pub fn request_id(given: Option<&[u8]>) -> String {
+    match given {
+        Some(v)
+            if (1..=128).contains(&v.len())
+                && v.iter().all(|b| {
+                    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-')
+                }) =>
+        {
+            // All bytes are ASCII, checked above.
+            String::from_utf8_lossy(v).into_owned()
+        }
+        _ => uuid::Uuid::new_v4().to_string(),
+    }
+}
+
+/// True if `ip` lies in one of the networks.
+pub fn in_networks(ip: IpAddr, networks: &[(IpAddr, u8)]) -> bool {
+    networks.iter().any(|(net, len)| match (ip, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => prefix_eq(&a.octets(), &n.octets(), *len),
+        (IpAddr::V6(a), IpAddr::V6(n)) => prefix_eq(&a.octets(), &n.octets(), *len),
+        (IpAddr::V6(a), IpAddr::V4(n)) => a
+            .to_ipv4_mapped()
+            .is_some_and(|a| prefix_eq(&a.octets(), &n.octets(), *len)),
+        _ => false,
+    })
+}
+
+fn prefix_eq(a: &[u8], b: &[u8], len: u8) -> bool {
+    let full = (len / 8) as usize;
+    let rest = len % 8;
+    if a[..full] != b[..full] {
+        return false;
+    }
+    if rest == 0 {
+        return true;
+    }
+    let mask = 0xffu8 << (8 - rest);
+    (a[full] & mask) == (b[full] & mask)
+}
+
+/// The client's address: the socket peer, or, when the peer is a trusted proxy, the right-most
+/// address in `X-Forwarded-For` that is not itself trusted.
+pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[(IpAddr, u8)]) -> IpAddr {
+    if !in_networks(peer, trusted) {
+        return peer;
+    }
+    let Some(xff) = forwarded_for else {
+        return peer;
+    };
+    let mut chain = xff.split(',').rev().map(str::trim);
+    let mut last = peer;
+    for hop in chain.by_ref() {
+        match hop.parse::<IpAddr>() {
+            Ok(ip) if in_networks(ip, trusted) => last = ip,
+            Ok(ip) => return ip,
+            Err(_) => return last,
+        }
+    }
+    last
+}
+
+/// The `X-Forwarded-For` to send: the trusted chain extended with the peer, or just the client.
+pub fn forwarded_for(peer: IpAddr, given: Option<&str>, trusted: &[(IpAddr, u8)]) -> String {
+    match given {
+        Some(chain) if in_networks(peer, trusted) && !chain.trim().is_empty() => {
+            format!("{}, {peer}", chain.trim())
+        }
+        _ => peer.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_cidr;
+
+    #[test]
+    fn reserved_headers_are_found_in_any_case() {
+        let names = [
+            "Host",
+            "X-User-Id",
+            "x-auth-role",
+            "X-Identity-Assertion",
+            "x-request-id",
+            "x-user-id",
+        ];
+        assert_eq!(
+            reserved_present(names.into_iter()),
+            vec!["x-auth-role", "x-identity-assertion", "x-user-id"]
+        );
+    }
+
+    #[test]
+    fn connection_tokens_naming_identity_headers_are_dropped() {
+        assert_eq!(
+            clean_connection("Upgrade, X-User-Id").as_deref(),
+            Some("Upgrade")
+        );
+        assert_eq!(clean_connection("x-identity-assertion"), None);
+        assert_eq!(
+            clean_connection("keep-alive").as_deref(),
+            Some("keep-alive")
+        );
+    }
+
+    #[test]
+    fn request_ids() {
+        assert_eq!(request_id(Some(b"abc-123")), "abc-123");
+        assert_ne!(request_id(Some(b"bad id")), "bad id");
+        assert_ne!(request_id(Some(b"")), "");
+        assert_eq!(request_id(Some(&[b'a'; 129])).len(), 36);
+        assert_eq!(request_id(None).len(), 36);
+    }
+
+    #[test]
+    fn client_ip_trusts_only_configured_proxies() {
+        let trusted = vec![parse_cidr("10.0.0.0/8").unwrap()];
+        let lb: IpAddr = "10.1.2.3".parse().unwrap();
+        let stranger: IpAddr = "203.0.113.9".parse().unwrap();
+        assert_eq!(client_ip(stranger, Some("1.2.3.4"), &trusted), stranger);
+        assert_eq!(
+            client_ip(lb, Some("1.2.3.4"), &trusted),
+            "1.2.3.4".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            client_ip(lb, Some("6.6.6.6, 1.2.3.4, 10.9.9.9"), &trusted),
+            "1.2.3.4".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(client_ip(lb, Some("junk"), &trusted), lb);
+        assert_eq!(client_ip(lb, None, &trusted), lb);
+        assert_eq!(
+            forwarded_for(stranger, Some("1.1.1.1"), &trusted),
+            "203.0.113.9"
+        );
+        assert_eq!(
+            forwarded_for(lb, Some("1.1.1.1"), &trusted),
+            "1.1.1.1, 10.1.2.3"
+        );
+    }
+
+    #[test]
+    fn networks() {
+        let n = vec![
+            parse_cidr("192.168.0.0/23").unwrap(),
+            parse_cidr("::1").unwrap(),
+        ];
+        assert!(in_networks("192.168.1.7".parse().unwrap(), &n));
+        assert!(!in_networks("192.168.2.7".parse().unwrap(), &n));
+        assert!(in_networks("::1".parse().unwrap(), &n));
+        assert!(in_networks("::ffff:192.168.0.1".parse().unwrap(), &n));
+    }
+}

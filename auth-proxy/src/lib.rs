@@ -1,0 +1,20 @@
+//! auth-proxy: the authenticating WebSocket edge, on pingora.
+//!
+//! The request path, in the order a request meets it, is in [`proxy`]; the rest are the pieces it
+//! calls. Pure logic ([`token`], [`jwt`], [`routes`], [`headers`], [`reject`], the SQL in [`users`])
+//! is kept apart from I/O and unit-tested on its own.
+
+pub mod admin;
+pub mod config;
+pub mod headers;
+pub mod jwt;
+pub mod logging;
+pub mod metrics;
+pub mod proxy;
+pub mod reject;
+pub mod routes;
+pub mod server;
+pub mod state;
+pub mod throttle;
+pub mod token;
+pub mod users;

@@ -1,0 +1,146 @@
+//! Every answer the proxy gives itself instead of forwarding: its status, its stable error code, a
+//! sentence for people, and the `WWW-Authenticate` challenge for 401s. No body ever echoes the token
+//! or an internal error.
+
+use shared::error_body::ErrorBody;
+
+use crate::jwt::JwtError;
+use crate::token::TokenProblem;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reject {
+    MissingToken,
+    /// The token is unusable; the reason goes to the log, not to the client.
+    InvalidToken(&'static str),
+    TokenExpired,
+    TokenNotYetValid,
+    AmbiguousToken,
+    UnknownUser,
+    Forbidden,
+    RateLimited,
+    AuthUnavailable,
+    WebSocketRequired,
+    UpstreamUnavailable,
+    ShuttingDown,
+}
+
+impl Reject {
+    pub fn status(self) -> u16 {
+        use Reject::*;
+        match self {
+            MissingToken | InvalidToken(_) | TokenExpired | TokenNotYetValid | AmbiguousToken
+            | UnknownUser => 401,
+            Forbidden => 403,
+            WebSocketRequired => 426,
+            RateLimited => 429,
+            UpstreamUnavailable => 502,
+            AuthUnavailable | ShuttingDown => 503,
+        }
+    }
+
+    pub fn code(self) -> &'static str {
+        use Reject::*;
+        match self {
+            MissingToken => "missing_token",
+            InvalidToken(_) => "invalid_token",
+            TokenExpired => "token_expired",
+            TokenNotYetValid => "token_not_yet_valid",
+            AmbiguousToken => "ambiguous_token",
+            UnknownUser => "unknown_user",
+            Forbidden => "forbidden",
+            RateLimited => "rate_limited",
+            AuthUnavailable => "auth_unavailable",
+            WebSocketRequired => "websocket_required",
+            UpstreamUnavailable => "upstream_unavailable",
+            ShuttingDown => "shutting_down",
+        }
+    }
+
+    pub fn message(self) -> &'static str {
+        use Reject::*;
+        match self {
+            MissingToken => {
+                "A token is required: pass ?token=<jwt> or an Authorization: Bearer header."
+            }
+            InvalidToken(_) => "The token is invalid.",
+            TokenExpired => "The token has expired.",
+            TokenNotYetValid => "The token is not valid yet.",
+            AmbiguousToken => "Two different tokens were given; send one.",
+            UnknownUser => "The token's user does not exist.",
+            Forbidden => "This path is for administrators only.",
+            RateLimited => "Too many failed authentication attempts; try again later.",
+            AuthUnavailable => "Authentication is temporarily unavailable; try again shortly.",
+            WebSocketRequired => "This endpoint only accepts WebSocket upgrades.",
+            UpstreamUnavailable => "The service behind the proxy cannot be reached.",
+            ShuttingDown => "The proxy is shutting down; reconnect.",
+        }
+    }
+
+    /// The detail for logs.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Reject::InvalidToken(r) => r,
+            other => other.code(),
+        }
+    }
+
+    /// The `WWW-Authenticate` value for 401s: `error="invalid_token"` when a token was given.
+    pub fn challenge(self) -> Option<&'static str> {
+        match self {
+            Reject::MissingToken => Some("Bearer"),
+            r if r.status() == 401 => Some(r#"Bearer error="invalid_token""#),
+            _ => None,
+        }
+    }
+
+    /// True for failures that count towards the per-IP throttle.
+    pub fn is_auth_failure(self) -> bool {
+        self.status() == 401
+    }
+
+    pub fn body(self) -> Vec<u8> {
+        ErrorBody::new(self.code(), self.message()).to_json()
+    }
+}
+
+impl From<TokenProblem> for Reject {
+    fn from(p: TokenProblem) -> Reject {
+        match p {
+            TokenProblem::Missing => Reject::MissingToken,
+            TokenProblem::Ambiguous => Reject::AmbiguousToken,
+            TokenProblem::Oversized => Reject::InvalidToken("token over the size cap"),
+        }
+    }
+}
+
+impl From<JwtError> for Reject {
+    fn from(e: JwtError) -> Reject {
+        match e {
+            JwtError::Invalid(r) => Reject::InvalidToken(r),
+            JwtError::Expired => Reject::TokenExpired,
+            JwtError::NotYetValid => Reject::TokenNotYetValid,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_codes_and_challenges() {
+        assert_eq!(Reject::MissingToken.challenge(), Some("Bearer"));
+        assert_eq!(
+            Reject::TokenExpired.challenge(),
+            Some(r#"Bearer error="invalid_token""#)
+        );
+        assert_eq!(Reject::Forbidden.challenge(), None);
+        assert_eq!(Reject::AuthUnavailable.status(), 503);
+        assert_eq!(Reject::RateLimited.status(), 429);
+        assert_eq!(Reject::UpstreamUnavailable.status(), 502);
+        let body: serde_json::Value =
+            serde_json::from_slice(&Reject::InvalidToken("bad signature").body()).unwrap();
+        assert_eq!(body["error"], "invalid_token");
+        assert!(!body.to_string().contains("bad signature"));
+    }
+}

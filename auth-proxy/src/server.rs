@@ -1,0 +1,119 @@
+//! Start-up and shutdown: builds the pingora server with three services (the edge, the admin
+//! listener, the readiness probe) and drains on SIGTERM or SIGINT.
+//!
+//! Drain: readiness fails at once and the listeners stop accepting; open requests and WebSocket
+//! tunnels get up to `shutdown_grace_secs`; the process exits 0 as soon as none is left, or when the
+//! grace ends. pingora's `grace_period_seconds` is the grace and its `graceful_shutdown_timeout_seconds`
+//! is one second of runtime teardown after it, so the whole drain takes at most grace + 1 s.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora::apps::http_app::HttpServer;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::info;
+
+use crate::admin::{AdminApp, ReadinessProbe};
+use crate::config::Config;
+use crate::proxy::Edge;
+use crate::state::AppState;
+
+/// Runs the proxy until it is told to stop. Returns after a graceful drain.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
+    let state = Arc::new(AppState::new(config)?);
+    let c = &state.config;
+    let conf = ServerConf {
+        threads: c.threads,
+        grace_period_seconds: Some(c.shutdown_grace_secs),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let mut edge = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Edge::new(state.clone()),
+        "auth-proxy",
+    );
+    edge.add_tcp(&c.listen);
+    let mut admin = Service::new(
+        "auth-proxy admin".to_string(),
+        HttpServer::new_app(AdminApp::new(state.clone())),
+    );
+    admin.add_tcp(&c.admin_listen);
+    admin.threads = Some(1);
+    let mut probe = background_service("readiness", ReadinessProbe::new(state.clone()));
+    probe.threads = Some(1);
+    server.add_service(edge);
+    server.add_service(admin);
+    server.add_service(probe);
+
+    info!(listen = %c.listen, admin = %c.admin_listen, upstream = %c.upstream, "auth-proxy starting");
+    server.run(RunArgs {
+        shutdown_signal: Box::new(DrainOnSignal { state }),
+    });
+    info!("auth-proxy stopped");
+    Ok(())
+}
+
+/// Waits for SIGTERM or SIGINT, then starts the drain.
+struct DrainOnSignal {
+    state: Arc<AppState>,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for DrainOnSignal {
+    async fn recv(&self) -> ShutdownSignal {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!(
+                "cannot install signal handlers; a signal will stop the proxy without draining"
+            );
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM: draining"),
+            _ = int.recv() => info!("SIGINT: draining"),
+        }
+        self.state.health.start_draining();
+        exit_when_idle(self.state.clone());
+        ShutdownSignal::GracefulTerminate
+    }
+}
+
+/// Ends the process with status 0 as soon as no request or tunnel is open (checked twice, 100 ms
+/// apart, so a connection accepted just before the listener closed is not cut). If some stay open,
+/// pingora's grace period ends the process instead.
+fn exit_when_idle(state: Arc<AppState>) {
+    let grace = Duration::from_secs(state.config.shutdown_grace_secs);
+    std::thread::spawn(move || {
+        let started = Instant::now();
+        let mut idle_checks = 0;
+        while started.elapsed() < grace {
+            if state.metrics.in_flight.get() <= 0 {
+                idle_checks += 1;
+                if idle_checks >= 2 {
+                    info!(
+                        after_ms = started.elapsed().as_millis() as u64,
+                        "drained: no open requests or tunnels"
+                    );
+                    std::process::exit(0);
+                }
+            } else {
+                idle_checks = 0;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+}

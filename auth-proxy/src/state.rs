@@ -1,0 +1,93 @@
+//! Everything the proxy's services share, built once from the validated config.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use shared::identity::Signer;
+
+use crate::config::{Config, ConfigError};
+use crate::jwt::JwtVerifier;
+use crate::metrics::Metrics;
+use crate::routes::Routes;
+use crate::throttle::Throttle;
+use crate::users::Users;
+
+pub struct AppState {
+    pub config: Config,
+    pub routes: Routes,
+    pub jwt: JwtVerifier,
+    pub users: Users,
+    pub throttle: Throttle,
+    pub signer: Signer,
+    pub metrics: Arc<Metrics>,
+    pub trusted: Vec<(IpAddr, u8)>,
+    pub upstream: SocketAddr,
+    pub health: Health,
+}
+
+impl AppState {
+    pub fn new(config: Config) -> Result<AppState, ConfigError> {
+        let metrics = Arc::new(Metrics::new());
+        Ok(AppState {
+            routes: Routes::from_config(&config),
+            jwt: JwtVerifier::from_config(&config)?,
+            users: Users::new(&config.users, metrics.clone()),
+            throttle: Throttle::new(config.throttle.failures_per_minute),
+            signer: Signer::new(config.identity.secret.as_bytes()),
+            trusted: config.trusted_networks(),
+            upstream: config.upstream.parse().map_err(|_| ConfigError {
+                setting: "upstream (AUTH_PROXY_UPSTREAM)".into(),
+                problem: "not an address".into(),
+            })?,
+            health: Health::default(),
+            metrics,
+            config,
+        })
+    }
+
+    pub fn websocket_idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.config.websocket_idle_timeout_secs)
+    }
+}
+
+/// Readiness inputs, written by the readiness probe and the shutdown watcher.
+#[derive(Default)]
+pub struct Health {
+    draining: AtomicBool,
+    database_ok: AtomicBool,
+    upstream_ok: AtomicBool,
+}
+
+impl Health {
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+    pub fn set_database(&self, ok: bool) {
+        self.database_ok.store(ok, Ordering::Relaxed);
+    }
+    pub fn set_upstream(&self, ok: bool) {
+        self.upstream_ok.store(ok, Ordering::Relaxed);
+    }
+    pub fn database(&self) -> bool {
+        self.database_ok.load(Ordering::Relaxed)
+    }
+    pub fn upstream(&self) -> bool {
+        self.upstream_ok.load(Ordering::Relaxed)
+    }
+    pub fn is_ready(&self) -> bool {
+        !self.is_draining() && self.database() && self.upstream()
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,332 @@
+//! The user row: one query against the operator's `Users` table (SQLite or PostgreSQL, picked by the
+//! URL), with identifiers from config quoted for the engine, a per-query timeout, and an in-process
+//! cache (moka) with a short life for "no such user" and single-flight loading, so many concurrent
+//! handshakes for one uncached user make one query.
+//!
+//! The connection pool is created lazily on first use, inside whichever pingora runtime asks first,
+//! and connects lazily too: the proxy starts while the database is down and recovers by itself.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::future::Cache;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+use sqlx::{PgPool, SqlitePool};
+use tokio::sync::OnceCell;
+
+use crate::config::UsersConfig;
+use crate::metrics::Metrics;
+
+/// What the proxy needs to know about a user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub id: i64,
+    pub username: String,
+    pub is_admin: bool,
+}
+
+/// The database could not answer (down, slow, or the query failed). The text is for logs only.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("user lookup failed: {0}")]
+pub struct Unavailable(pub String);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+impl Engine {
+    pub fn of_url(url: &str) -> Engine {
+        if url.starts_with("sqlite:") {
+            Engine::Sqlite
+        } else {
+            Engine::Postgres
+        }
+    }
+}
+
+/// Checks a configured table or column name: letters, digits and `_`, not starting with a digit.
+/// Names are quoted in SQL anyway; this keeps configuration mistakes from becoming SQL.
+pub fn check_identifier(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} must be letters, digits and '_' (at most 63, not starting with a digit)"
+        ))
+    }
+}
+
+fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The lookup query for an engine: id, username and admin flag as (BIGINT, TEXT, BIGINT).
+pub fn lookup_sql(engine: Engine, c: &UsersConfig) -> String {
+    // PostgreSQL casts a boolean to INTEGER but not straight to BIGINT.
+    let (int, admin, param) = match engine {
+        Engine::Sqlite => (
+            "INTEGER",
+            format!("CAST({} AS INTEGER)", quote(&c.admin_column)),
+            "?1",
+        ),
+        Engine::Postgres => (
+            "BIGINT",
+            format!(
+                "CAST(CAST({} AS INTEGER) AS BIGINT)",
+                quote(&c.admin_column)
+            ),
+            "$1",
+        ),
+    };
+    let mut sql = format!(
+        "SELECT CAST({id} AS {int}), CAST({name} AS TEXT), COALESCE({admin}, 0) FROM {table} WHERE {id} = {param}",
+        id = quote(&c.id_column),
+        name = quote(&c.username_column),
+        table = quote(&c.table),
+    );
+    if !c.active_condition.trim().is_empty() {
+        sql.push_str(&format!(" AND ({})", c.active_condition.trim()));
+    }
+    sql
+}
+
+enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Looks users up in the database, without caching.
+pub struct UserDb {
+    url: String,
+    engine: Engine,
+    sql: String,
+    timeout: Duration,
+    max_connections: u32,
+    pool: OnceCell<Pool>,
+    metrics: Arc<Metrics>,
+}
+
+type Row = (i64, String, i64);
+
+impl UserDb {
+    pub fn new(c: &UsersConfig, metrics: Arc<Metrics>) -> UserDb {
+        let engine = Engine::of_url(&c.database_url);
+        UserDb {
+            url: c.database_url.clone(),
+            engine,
+            sql: lookup_sql(engine, c),
+            timeout: Duration::from_millis(c.query_timeout_ms),
+            max_connections: c.max_connections,
+            pool: OnceCell::new(),
+            metrics,
+        }
+    }
+
+    async fn pool(&self) -> Result<&Pool, Unavailable> {
+        self.pool
+            .get_or_try_init(|| async {
+                let opts = PoolOptionsFor {
+                    timeout: self.timeout,
+                    max: self.max_connections,
+                };
+                match self.engine {
+                    Engine::Sqlite => {
+                        let o = SqliteConnectOptions::from_str(&self.url)
+                            .map_err(|e| Unavailable(format!("bad database url: {e}")))?
+                            .read_only(true);
+                        Ok(Pool::Sqlite(opts.sqlite().connect_lazy_with(o)))
+                    }
+                    Engine::Postgres => {
+                        let o = PgConnectOptions::from_str(&self.url)
+                            .map_err(|e| Unavailable(format!("bad database url: {e}")))?
+                            .application_name("auth-proxy");
+                        Ok(Pool::Postgres(opts.postgres().connect_lazy_with(o)))
+                    }
+                }
+            })
+            .await
+    }
+
+    /// One query: `Ok(None)` when no such (active) user exists.
+    pub async fn fetch(&self, id: i64) -> Result<Option<User>, Unavailable> {
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.timeout, self.query(id))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Unavailable(format!(
+                    "query timed out after {:?}",
+                    self.timeout
+                )))
+            });
+        self.metrics
+            .user_lookup_duration
+            .observe(started.elapsed().as_secs_f64());
+        let label = match &result {
+            Ok(Some(_)) => "found",
+            Ok(None) => "missing",
+            Err(_) => "error",
+        };
+        self.metrics.user_lookups.with_label_values(&[label]).inc();
+        result
+    }
+
+    async fn query(&self, id: i64) -> Result<Option<User>, Unavailable> {
+        let row: Option<Row> = match self.pool().await? {
+            Pool::Sqlite(p) => sqlx::query_as(&self.sql).bind(id).fetch_optional(p).await,
+            Pool::Postgres(p) => sqlx::query_as(&self.sql).bind(id).fetch_optional(p).await,
+        }
+        .map_err(|e| Unavailable(e.to_string()))?;
+        Ok(row.map(|(id, username, admin)| User {
+            id,
+            username,
+            is_admin: admin != 0,
+        }))
+    }
+
+    /// `SELECT 1`, for readiness.
+    pub async fn ping(&self) -> Result<(), Unavailable> {
+        let q = async {
+            match self.pool().await? {
+                Pool::Sqlite(p) => sqlx::query("SELECT 1").execute(p).await.map(|_| ()),
+                Pool::Postgres(p) => sqlx::query("SELECT 1").execute(p).await.map(|_| ()),
+            }
+            .map_err(|e| Unavailable(e.to_string()))
+        };
+        tokio::time::timeout(self.timeout, q)
+            .await
+            .unwrap_or_else(|_| Err(Unavailable("ping timed out".into())))
+    }
+}
+
+struct PoolOptionsFor {
+    timeout: Duration,
+    max: u32,
+}
+
+impl PoolOptionsFor {
+    fn sqlite(&self) -> SqlitePoolOptions {
+        SqlitePoolOptions::new()
+            .max_connections(self.max)
+            .min_connections(0)
+            .acquire_timeout(self.timeout)
+    }
+    fn postgres(&self) -> PgPoolOptions {
+        PgPoolOptions::new()
+            .max_connections(self.max)
+            .min_connections(0)
+            .acquire_timeout(self.timeout)
+    }
+}
+
+/// Users by id, through the cache when it is on.
+pub struct Users {
+    db: Arc<UserDb>,
+    cache: Option<Cache<i64, Option<User>>>,
+    metrics: Arc<Metrics>,
+}
+
+/// Positive answers live `ttl`, "no such user" lives `negative_ttl`.
+struct Lifetimes {
+    ttl: Duration,
+    negative_ttl: Duration,
+}
+
+impl moka::Expiry<i64, Option<User>> for Lifetimes {
+    fn expire_after_create(&self, _: &i64, value: &Option<User>, _: Instant) -> Option<Duration> {
+        Some(if value.is_some() {
+            self.ttl
+        } else {
+            self.negative_ttl
+        })
+    }
+}
+
+impl Users {
+    pub fn new(c: &UsersConfig, metrics: Arc<Metrics>) -> Users {
+        let cache = (c.cache_ttl_secs > 0 && c.cache_capacity > 0).then(|| {
+            Cache::builder()
+                .max_capacity(c.cache_capacity)
+                .expire_after(Lifetimes {
+                    ttl: Duration::from_secs(c.cache_ttl_secs),
+                    negative_ttl: Duration::from_secs(
+                        c.negative_cache_ttl_secs.min(c.cache_ttl_secs),
+                    ),
+                })
+                .build()
+        });
+        Users {
+            db: Arc::new(UserDb::new(c, metrics.clone())),
+            cache,
+            metrics,
+        }
+    }
+
+    pub fn db(&self) -> &UserDb {
+        &self.db
+    }
+
+    /// The user, `None` if there is none; errors are never cached.
+    pub async fn get(&self, id: i64) -> Result<Option<User>, Unavailable> {
+        let Some(cache) = &self.cache else {
+            self.metrics
+                .user_cache
+                .with_label_values(&["disabled"])
+                .inc();
+            return self.db.fetch(id).await;
+        };
+        if let Some(hit) = cache.get(&id).await {
+            self.metrics.user_cache.with_label_values(&["hit"]).inc();
+            return Ok(hit);
+        }
+        self.metrics.user_cache.with_label_values(&["miss"]).inc();
+        let db = self.db.clone();
+        cache
+            .try_get_with(id, async move { db.fetch(id).await })
+            .await
+            .map_err(|e| (*e).clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_quote_identifiers_per_engine() {
+        let c = UsersConfig::default();
+        assert_eq!(
+            lookup_sql(Engine::Postgres, &c),
+            r#"SELECT CAST("id" AS BIGINT), CAST("username" AS TEXT), COALESCE(CAST(CAST("isAdmin" AS INTEGER) AS BIGINT), 0) FROM "Users" WHERE "id" = $1"#
+        );
+        assert!(lookup_sql(Engine::Sqlite, &c).ends_with(r#"FROM "Users" WHERE "id" = ?1"#));
+        let c = UsersConfig {
+            active_condition: r#""deletedAt" IS NULL"#.into(),
+            ..UsersConfig::default()
+        };
+        assert!(lookup_sql(Engine::Sqlite, &c)
+            .ends_with(r#"WHERE "id" = ?1 AND ("deletedAt" IS NULL)"#));
+    }
+
+    #[test]
+    fn identifiers_are_checked() {
+        assert!(check_identifier("Users").is_ok());
+        assert!(check_identifier("is_admin2").is_ok());
+        for bad in ["", "1abc", "a b", "a\"b", "Users;", &"x".repeat(64)] {
+            assert!(check_identifier(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn engines_from_urls() {
+        assert_eq!(Engine::of_url("sqlite:///tmp/x.db"), Engine::Sqlite);
+        assert_eq!(Engine::of_url("postgres://u@h/db"), Engine::Postgres);
+    }
+}
