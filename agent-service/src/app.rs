@@ -1,0 +1,103 @@
+//! The application: shared state built once from config, and the router.
+
+use std::sync::Arc;
+
+use axum::routing::get;
+use axum::Router;
+use shared::identity::Verifier;
+
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::identity::{self, MAX_ASSERTION_AGE_SECS};
+use crate::metrics::Metrics;
+use crate::newsnexus::NewsDb;
+use crate::store::Store;
+use crate::{http, sessions_api, ws};
+
+pub struct AppState {
+    pub config: Config,
+    pub verifier: Verifier,
+    pub db: NewsDb,
+    pub metrics: Arc<Metrics>,
+    pub http: reqwest::Client,
+    pub hub: Hub,
+    pub store: Store,
+}
+
+impl AppState {
+    pub async fn new(config: Config) -> anyhow::Result<AppState> {
+        let db =
+            NewsDb::open(&config.database_url).map_err(|e| anyhow::anyhow!("DATABASE_URL: {e}"))?;
+        if let Some(dir) = config.store_dir() {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| anyhow::anyhow!("AGENT_DATA_DIR {}: {e}", dir.display()))?;
+        }
+        let store = Store::open(&config.store_url)
+            .await
+            .map_err(|e| anyhow::anyhow!("AGENT_STORE_URL: {e}"))?;
+        Ok(AppState {
+            verifier: Verifier::new(config.identity_secret.as_bytes(), MAX_ASSERTION_AGE_SECS),
+            db,
+            metrics: Arc::new(Metrics::new()),
+            http: reqwest::Client::builder()
+                .timeout(config.llm_timeout)
+                .build()?,
+            hub: Hub::new(config.max_connections_per_user),
+            store,
+            config,
+        })
+    }
+}
+
+/// All routes. Identity is checked by middleware for everything but the public paths.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/health", get(http::health))
+        .route("/api/info", get(http::info))
+        .route("/metrics", get(http::metrics))
+        .route("/ws/{client_id}", get(ws::handler))
+        .route(
+            "/api/chat/sessions",
+            get(sessions_api::list).post(sessions_api::create),
+        )
+        .route(
+            "/api/chat/sessions/{id}",
+            get(sessions_api::get).delete(sessions_api::delete),
+        )
+        .fallback(http::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            identity::require,
+        ))
+        .with_state(state)
+}
+
+/// Serves until Ctrl-C or SIGTERM.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let listen = config.listen;
+    let state = Arc::new(AppState::new(config).await?);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("AGENT_LISTEN {listen}: {e}"))?;
+    tracing::info!(%listen, provider = %state.config.default_provider, "agent-service listening");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+    tracing::info!("agent-service stopping");
+}

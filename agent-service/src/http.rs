@@ -1,0 +1,55 @@
+//! The small HTTP routes: `/health`, `/api/info` (what the service offers; never paths, URLs with
+//! keys or secrets) and `/metrics`.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use serde_json::{json, Map, Value};
+use shared::error_body::ErrorBody;
+
+use crate::app::AppState;
+use crate::llm::PROVIDER_INFO;
+use crate::tools::TOOL_NAMES;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+pub async fn health(State(state): State<Arc<AppState>>) -> Json<Value> {
+    Json(json!({"status": "healthy", "version": VERSION, "active_connections": state.hub.count()}))
+}
+
+pub async fn info() -> Json<Value> {
+    let providers: Map<String, Value> = PROVIDER_INFO
+        .iter()
+        .map(|(name, model, description)| {
+            (
+                name.to_string(),
+                json!({"default_model": model, "description": description}),
+            )
+        })
+        .collect();
+    Json(json!({
+        "name": "Fluxion00 agent-service",
+        "version": VERSION,
+        "description": "News Nexus agent behind auth-proxy: WebSocket chat with a live status log of every LLM call, agent and tool.",
+        "supported_providers": providers,
+        "available_tools": TOOL_NAMES,
+        "agents": ["general", "sql"],
+    }))
+}
+
+pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}
+
+pub async fn not_found() -> impl IntoResponse {
+    (
+        StatusCode::NOT_FOUND,
+        Json(ErrorBody::new("not_found", "No such route.")),
+    )
+}

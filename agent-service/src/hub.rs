@@ -1,0 +1,179 @@
+//! The registry of live connections, by client id and by user. A user reconnecting with the same
+//! client id replaces the old connection (closed 4002 "replaced"); a client id held by another user
+//! is refused (4003); a user holds at most N connections (4008). Events can go to every
+//! connection of a user.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use shared::frames::ServerFrame;
+
+use crate::status_log::Outbound;
+
+pub const CLOSE_REPLACED: u16 = 4002;
+pub const CLOSE_CLIENT_ID_TAKEN: u16 = 4003;
+pub const CLOSE_TOO_MANY: u16 = 4008;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    ClientIdTaken,
+    TooManyConnections,
+}
+
+impl Refusal {
+    pub fn close(self) -> (u16, &'static str) {
+        match self {
+            Refusal::ClientIdTaken => (CLOSE_CLIENT_ID_TAKEN, "client id in use by another user"),
+            Refusal::TooManyConnections => (CLOSE_TOO_MANY, "too many connections for this user"),
+        }
+    }
+}
+
+struct Entry {
+    user_id: i64,
+    conn_id: u64,
+    out: Outbound,
+}
+
+#[derive(Default)]
+struct Inner {
+    by_client: HashMap<String, Entry>,
+    by_user: HashMap<i64, HashSet<String>>,
+    next_conn: u64,
+}
+
+pub struct Hub {
+    inner: Mutex<Inner>,
+    max_per_user: usize,
+}
+
+impl Hub {
+    pub fn new(max_per_user: usize) -> Hub {
+        Hub {
+            inner: Mutex::new(Inner::default()),
+            max_per_user: max_per_user.max(1),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a connection; returns its id. An older connection with the same client id and user
+    /// is told to close (4002) and replaced.
+    pub fn register(&self, client_id: &str, user_id: i64, out: Outbound) -> Result<u64, Refusal> {
+        let mut g = self.lock();
+        let replacing = match g.by_client.get(client_id) {
+            Some(e) if e.user_id != user_id => return Err(Refusal::ClientIdTaken),
+            Some(_) => true,
+            None => false,
+        };
+        let held = g.by_user.get(&user_id).map_or(0, HashSet::len);
+        if !replacing && held >= self.max_per_user {
+            return Err(Refusal::TooManyConnections);
+        }
+        g.next_conn += 1;
+        let conn_id = g.next_conn;
+        if let Some(old) = g.by_client.insert(
+            client_id.to_string(),
+            Entry {
+                user_id,
+                conn_id,
+                out,
+            },
+        ) {
+            let _ = old.out.close(CLOSE_REPLACED, "replaced");
+        }
+        g.by_user
+            .entry(user_id)
+            .or_default()
+            .insert(client_id.to_string());
+        Ok(conn_id)
+    }
+
+    /// Removes a connection, unless it was already replaced by a newer one.
+    pub fn unregister(&self, client_id: &str, conn_id: u64) {
+        let mut g = self.lock();
+        let Some(e) = g.by_client.get(client_id) else {
+            return;
+        };
+        if e.conn_id != conn_id {
+            return;
+        }
+        let user_id = e.user_id;
+        g.by_client.remove(client_id);
+        if let Some(set) = g.by_user.get_mut(&user_id) {
+            set.remove(client_id);
+            if set.is_empty() {
+                g.by_user.remove(&user_id);
+            }
+        }
+    }
+
+    /// Sends a frame to every connection of a user; returns how many took it.
+    pub fn send_to_user(&self, user_id: i64, frame: &ServerFrame) -> usize {
+        self.send_to_user_except(user_id, None, frame)
+    }
+
+    /// Sends a frame to every connection of a user but `except` (the one that caused the event,
+    /// whose frame order must stay the documented one).
+    pub fn send_to_user_except(
+        &self,
+        user_id: i64,
+        except: Option<&str>,
+        frame: &ServerFrame,
+    ) -> usize {
+        let g = self.lock();
+        let Some(clients) = g.by_user.get(&user_id) else {
+            return 0;
+        };
+        clients
+            .iter()
+            .filter(|c| Some(c.as_str()) != except)
+            .filter_map(|c| g.by_client.get(c))
+            .filter(|e| e.out.send(frame.clone()).is_ok())
+            .count()
+    }
+
+    pub fn count(&self) -> usize {
+        self.lock().by_client.len()
+    }
+
+    pub fn count_for(&self, user_id: i64) -> usize {
+        self.lock().by_user.get(&user_id).map_or(0, HashSet::len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status_log::Out;
+
+    #[test]
+    fn replacement_ownership_and_limits() {
+        let hub = Hub::new(2);
+        let (a, mut a_rx, _) = Outbound::new(8);
+        let (b, _b_rx, _) = Outbound::new(8);
+        let first = hub.register("c1", 1, a).unwrap();
+        assert_eq!(
+            hub.register("c1", 2, b.clone()),
+            Err(Refusal::ClientIdTaken)
+        );
+        let second = hub.register("c1", 1, b.clone()).unwrap();
+        assert!(matches!(a_rx.try_recv(), Ok(Out::Close(4002, _))));
+        hub.unregister("c1", first);
+        assert_eq!(
+            hub.count(),
+            1,
+            "a replaced connection does not unregister its successor"
+        );
+        hub.register("c2", 1, b.clone()).unwrap();
+        assert_eq!(
+            hub.register("c3", 1, b.clone()),
+            Err(Refusal::TooManyConnections)
+        );
+        assert_eq!(hub.send_to_user(1, &ServerFrame::Pong), 2);
+        hub.unregister("c1", second);
+        assert_eq!(hub.count_for(1), 1);
+    }
+}

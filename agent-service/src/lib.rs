@@ -1,0 +1,23 @@
+//! agent-service: the agent backend behind auth-proxy.
+//!
+//! Request path: [`identity`] checks the proxy's assertion, [`ws`] speaks the Fluxion00Web
+//! protocol with the [`hub`] keeping track of connections, [`agent`] runs the general or SQL agent
+//! over [`llm`] providers and [`tools`], and [`status_log`] streams every step to the client.
+
+pub mod agent;
+pub mod app;
+pub mod chat_client;
+pub mod config;
+pub mod demo_db;
+pub mod http;
+pub mod hub;
+pub mod identity;
+pub mod llm;
+pub mod metrics;
+pub mod newsnexus;
+pub mod sessions_api;
+pub mod sql_guard;
+pub mod status_log;
+pub mod store;
+pub mod tools;
+pub mod ws;

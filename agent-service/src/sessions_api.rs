@@ -1,0 +1,133 @@
+//! REST for chat sessions, behind the proxy's identity: list, create, read (with messages), delete.
+//! Another user's session answers exactly like a missing one: 404 `not_found`.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde_json::{json, Value};
+use shared::error_body::ErrorBody;
+use shared::frames::ServerFrame;
+use shared::identity::Identity;
+
+use crate::app::AppState;
+use crate::store::StoreError;
+
+fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(ErrorBody::new("not_found", "No such chat session.")),
+    )
+        .into_response()
+}
+
+fn unavailable(e: StoreError) -> Response {
+    tracing::error!("{e}");
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(ErrorBody::new(
+            "store_unavailable",
+            "Chat sessions are unavailable; try again shortly.",
+        )),
+    )
+        .into_response()
+}
+
+fn bad_request(message: &str) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(ErrorBody::new("bad_request", message)),
+    )
+        .into_response()
+}
+
+/// Session ids are UUIDs; anything else cannot exist.
+fn valid_id(id: &str) -> bool {
+    uuid::Uuid::parse_str(id).is_ok()
+}
+
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    Extension(me): Extension<Identity>,
+) -> Response {
+    match state.store.list_sessions(me.user_id).await {
+        Ok(sessions) => Json(json!({ "sessions": sessions })).into_response(),
+        Err(e) => unavailable(e),
+    }
+}
+
+pub async fn create(
+    State(state): State<Arc<AppState>>,
+    Extension(me): Extension<Identity>,
+    body: Bytes,
+) -> Response {
+    let title = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        match serde_json::from_slice::<Value>(&body) {
+            Ok(Value::Object(m)) => match m.get("title") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(t)) => Some(t.clone()),
+                Some(_) => return bad_request("title must be a string"),
+            },
+            _ => return bad_request("the body must be a JSON object, e.g. {\"title\": \"...\"}"),
+        }
+    };
+    match state
+        .store
+        .create_session(me.user_id, title.as_deref())
+        .await
+    {
+        Ok(session) => {
+            state
+                .hub
+                .send_to_user(me.user_id, &ServerFrame::SessionsChanged);
+            (StatusCode::CREATED, Json(session)).into_response()
+        }
+        Err(e) => unavailable(e),
+    }
+}
+
+pub async fn get(
+    State(state): State<Arc<AppState>>,
+    Extension(me): Extension<Identity>,
+    Path(id): Path<String>,
+) -> Response {
+    if !valid_id(&id) {
+        return not_found();
+    }
+    let (session, messages) = match (
+        state.store.session(me.user_id, &id).await,
+        state.store.messages(me.user_id, &id).await,
+    ) {
+        (Ok(Some(s)), Ok(Some(m))) => (s, m),
+        (Ok(_), Ok(_)) => return not_found(),
+        (Err(e), _) | (_, Err(e)) => return unavailable(e),
+    };
+    let mut v = serde_json::to_value(session).unwrap_or_default();
+    v["messages"] = serde_json::to_value(messages).unwrap_or_default();
+    Json(v).into_response()
+}
+
+pub async fn delete(
+    State(state): State<Arc<AppState>>,
+    Extension(me): Extension<Identity>,
+    Path(id): Path<String>,
+) -> Response {
+    if !valid_id(&id) {
+        return not_found();
+    }
+    match state.store.delete_session(me.user_id, &id).await {
+        Ok(true) => {
+            state
+                .hub
+                .send_to_user(me.user_id, &ServerFrame::SessionsChanged);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Ok(false) => not_found(),
+        Err(e) => unavailable(e),
+    }
+}
