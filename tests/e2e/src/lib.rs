@@ -1,0 +1,354 @@
+//! The whole stack as an operator runs it: a News Nexus SQLite file, the real `agent-service` and
+//! `auth-proxy` binaries as child processes on free loopback ports, and helpers to talk to them.
+//!
+//! The binaries are the ones `cargo test --workspace` builds next to this test binary
+//! (`target/<profile>/`); when they are missing, [`Stack::start`] builds them with cargo first.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use test_support::{
+    free_port, news_nexus_token, sqlite_fixture, sqlite_url, TEST_IDENTITY_SECRET, TEST_JWT_SECRET,
+};
+
+/// How long a process gets to become ready.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The proxy's drain grace in these tests.
+pub const PROXY_GRACE_SECS: u64 = 5;
+
+/// The directory holding the workspace's binaries for this profile.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test binary>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>")
+        .to_path_buf()
+}
+
+fn ensure_binaries() {
+    static BUILD: Once = Once::new();
+    BUILD.call_once(|| {
+        let dir = bin_dir();
+        if dir.join("auth-proxy").exists() && dir.join("agent-service").exists() {
+            return;
+        }
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let target_dir = dir.parent().expect("target dir");
+        let mut cmd = Command::new(cargo);
+        cmd.args([
+            "build",
+            "--bins",
+            "-p",
+            "auth-proxy",
+            "-p",
+            "agent-service",
+            "--target-dir",
+        ])
+        .arg(target_dir);
+        if dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "building the binaries failed");
+    });
+}
+
+/// A started process whose output goes to a file the test can read afterwards.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(cmd: &mut Command, log: PathBuf) -> Proc {
+        let out = std::fs::File::create(&log).expect("create log file");
+        let err = out.try_clone().expect("clone log file");
+        let child = cmd
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .expect("spawn process");
+        Proc { child, log }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends a signal (SIGTERM, SIGKILL, ...).
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) with a pid we own and a valid signal number has no memory effects.
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+
+    /// Waits for the exit, at most `limit`; `None` if still running.
+    pub fn wait_timeout(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Both services, on a fresh News Nexus SQLite file.
+pub struct Stack {
+    pub dir: tempfile::TempDir,
+    pub db_url: String,
+    pub agent: Option<Proc>,
+    pub proxy: Option<Proc>,
+    pub agent_port: u16,
+    pub proxy_port: u16,
+    pub admin_port: u16,
+    pub http: reqwest::Client,
+}
+
+impl Stack {
+    /// Starts agent-service then auth-proxy and waits until both are ready.
+    pub async fn start() -> Stack {
+        ensure_binaries();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = sqlite_fixture(dir.path(), "newsnexus.db").await;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("http client");
+        let mut stack = Stack {
+            db_url: sqlite_url(&db),
+            dir,
+            agent: None,
+            proxy: None,
+            agent_port: free_port(),
+            proxy_port: free_port(),
+            admin_port: free_port(),
+            http,
+        };
+        stack.start_agent().await;
+        stack.start_proxy().await;
+        stack
+    }
+
+    /// (Re)starts agent-service on its port and waits for `/health`.
+    pub async fn start_agent(&mut self) {
+        let data = self.dir.path().join("agent-data");
+        static STARTS: AtomicUsize = AtomicUsize::new(0);
+        let n = STARTS.fetch_add(1, Ordering::Relaxed);
+        let log = self.dir.path().join(format!("agent-{n}.log"));
+        let mut cmd = Command::new(bin_dir().join("agent-service"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("AGENT_LISTEN", format!("127.0.0.1:{}", self.agent_port))
+            .env("IDENTITY_SECRET", TEST_IDENTITY_SECRET)
+            .env("DATABASE_URL", &self.db_url)
+            .env("LLM_PROVIDER", "offline")
+            .env("AGENT_DATA_DIR", &data)
+            .env("RUST_LOG", "info");
+        self.agent = Some(Proc::spawn(&mut cmd, log));
+        let url = format!("http://127.0.0.1:{}/health", self.agent_port);
+        wait_ready(&self.http, &url, self.agent.as_mut().expect("agent")).await;
+    }
+
+    /// Starts auth-proxy in front of the agent and waits for `/readyz`.
+    pub async fn start_proxy(&mut self) {
+        let config = self.dir.path().join("auth-proxy.toml");
+        std::fs::write(
+            &config,
+            format!("shutdown_grace_secs = {PROXY_GRACE_SECS}\n"),
+        )
+        .expect("write config");
+        let mut cmd = Command::new(bin_dir().join("auth-proxy"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .arg("--config")
+            .arg(&config)
+            .env("JWT_SECRET", TEST_JWT_SECRET)
+            .env("IDENTITY_SECRET", TEST_IDENTITY_SECRET)
+            .env("DATABASE_URL", &self.db_url)
+            .env(
+                "AUTH_PROXY_LISTEN",
+                format!("127.0.0.1:{}", self.proxy_port),
+            )
+            .env(
+                "AUTH_PROXY_ADMIN_LISTEN",
+                format!("127.0.0.1:{}", self.admin_port),
+            )
+            .env(
+                "AUTH_PROXY_UPSTREAM",
+                format!("127.0.0.1:{}", self.agent_port),
+            )
+            .env("RUST_LOG", "info");
+        self.proxy = Some(Proc::spawn(&mut cmd, self.dir.path().join("proxy.log")));
+        let url = format!("http://127.0.0.1:{}/readyz", self.admin_port);
+        wait_ready(&self.http, &url, self.proxy.as_mut().expect("proxy")).await;
+    }
+
+    pub fn token(&self, user_id: i64) -> String {
+        news_nexus_token(TEST_JWT_SECRET, user_id)
+    }
+
+    /// `http://127.0.0.1:<proxy>/<path>`
+    pub fn edge(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.proxy_port, path)
+    }
+
+    /// `ws://127.0.0.1:<proxy>/<path>`
+    pub fn edge_ws(&self, path: &str) -> String {
+        format!("ws://127.0.0.1:{}{}", self.proxy_port, path)
+    }
+
+    pub fn agent_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.agent_port, path)
+    }
+
+    /// The value of one un-labelled metric (or the sum of a labelled family) from a `/metrics` page.
+    pub async fn metric(&self, metrics_url: &str, name: &str) -> f64 {
+        let text = self
+            .http
+            .get(metrics_url)
+            .send()
+            .await
+            .expect("scrape")
+            .text()
+            .await
+            .expect("body");
+        metric_value(&text, name)
+    }
+}
+
+/// Sums every sample of `name` (with or without labels) in a Prometheus text page.
+pub fn metric_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn wait_ready(http: &reqwest::Client, url: &str, proc: &mut Proc) {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if let Ok(r) = http.get(url).send().await {
+            if r.status().is_success() {
+                return;
+            }
+        }
+        if let Ok(Some(status)) = proc.child.try_wait() {
+            panic!(
+                "process exited with {status} before {url} was ready:\n{}",
+                proc.output()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{url} not ready within {READY_TIMEOUT:?}:\n{}",
+            proc.output()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A WebSocket client speaking the front end's JSON frames.
+pub mod ws {
+    use std::time::Duration;
+
+    use futures_util::{SinkExt, StreamExt};
+    use serde_json::Value;
+    use tokio::net::TcpStream;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+    pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+    /// How long one frame may take to arrive.
+    pub const FRAME_TIMEOUT: Duration = Duration::from_secs(15);
+
+    /// Connects; on a refused handshake returns the HTTP status and body.
+    pub async fn connect(url: &str, headers: &[(&str, &str)]) -> Result<Socket, (u16, String)> {
+        let mut req = url.into_client_request().expect("ws request");
+        for (k, v) in headers {
+            req.headers_mut().insert(
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes())
+                    .expect("name"),
+                v.parse().expect("value"),
+            );
+        }
+        let fut = tokio_tungstenite::connect_async(req);
+        match tokio::time::timeout(FRAME_TIMEOUT, fut)
+            .await
+            .expect("handshake timed out")
+        {
+            Ok((socket, _)) => Ok(socket),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                let status = resp.status().as_u16();
+                let body = resp
+                    .body()
+                    .as_ref()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .unwrap_or_default();
+                Err((status, body))
+            }
+            Err(e) => Err((0, e.to_string())),
+        }
+    }
+
+    pub async fn send(socket: &mut Socket, frame: Value) {
+        let fut = socket.send(Message::Text(frame.to_string().into()));
+        tokio::time::timeout(FRAME_TIMEOUT, fut)
+            .await
+            .expect("send timed out")
+            .expect("send");
+    }
+
+    /// The next JSON text frame; `None` when the socket closed.
+    pub async fn next(socket: &mut Socket) -> Option<Value> {
+        loop {
+            let msg = tokio::time::timeout(FRAME_TIMEOUT, socket.next())
+                .await
+                .expect("no frame in time")?;
+            match msg {
+                Ok(Message::Text(t)) => return Some(serde_json::from_str(&t).expect("JSON frame")),
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => continue,
+            }
+        }
+    }
+
+    /// Frames up to and including `typing:false` (the end of one answer).
+    pub async fn until_idle(socket: &mut Socket) -> Vec<Value> {
+        let mut frames = Vec::new();
+        while let Some(f) = next(socket).await {
+            let done = f["type"] == "typing" && f["content"] == false;
+            frames.push(f);
+            if done {
+                break;
+            }
+        }
+        frames
+    }
+}
