@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs every check of the project: formatting, clippy, all tests (unit, integration on SQLite and
+# PostgreSQL, whole-stack), the long ignored tests, the deploy manifests and a live promtool check of
+# both services' metrics. This is what CI runs (.ci/run sets REQUIRE_POSTGRES=1 so PostgreSQL tests
+# fail instead of skipping when the server is unreachable).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/prereqs.sh
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "==> cargo test"
+cargo test --workspace --locked
+echo "==> long tests (#[ignore]d by default: the 70 s idle tunnel)"
+cargo test --workspace --locked -- --ignored
+echo "==> deploy manifests and live metrics"
+scripts/check-metrics.sh
