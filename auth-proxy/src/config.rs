@@ -11,6 +11,9 @@ use serde::Deserialize;
 /// Shortest HMAC secret accepted without `jwt.allow_weak_secret`.
 pub const MIN_SECRET_BYTES: usize = 32;
 
+/// The edge listener's per-connection read buffer (pingora's default is 64 KiB).
+pub const DEFAULT_READ_BUFFER_BYTES: usize = 0;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -20,6 +23,9 @@ pub struct Config {
     pub threads: usize,
     pub forward_credentials: bool,
     pub websocket_idle_timeout_secs: u64,
+    /// Per-connection read buffer of the edge listener, in bytes (0: none, reads go to the socket).
+    /// Every open tunnel holds one, so it sets most of the memory an idle WebSocket costs.
+    pub read_buffer_bytes: usize,
     pub shutdown_grace_secs: u64,
     pub trusted_proxies: Vec<String>,
     pub public_paths: Vec<String>,
@@ -98,6 +104,7 @@ impl Default for Config {
             threads: 1,
             forward_credentials: false,
             websocket_idle_timeout_secs: 3600,
+            read_buffer_bytes: DEFAULT_READ_BUFFER_BYTES,
             shutdown_grace_secs: 15,
             trusted_proxies: Vec::new(),
             public_paths: Vec::new(),

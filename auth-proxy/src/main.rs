@@ -6,6 +6,12 @@ use std::process::ExitCode;
 use auth_proxy::config::Config;
 use clap::{Parser, Subcommand};
 
+/// jemalloc, as pingora runs in production: under handshake churn glibc's malloc was a sixth of the
+/// proxy's CPU time and kept freed per-connection buffers resident (see BENCHMARKS.md).
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "auth-proxy",

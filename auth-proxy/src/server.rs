@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora::apps::http_app::HttpServer;
+use pingora::listeners::ListenerConfig;
+use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::background::background_service;
@@ -44,7 +46,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         Edge::new(state.clone()),
         "auth-proxy",
     );
-    edge.add_tcp(&c.listen);
+    edge.add_listener(
+        ListenerConfig::tcp(c.listen.as_str())
+            .l4_buffer(L4BufferSettings::default().read(c.read_buffer_bytes)),
+    );
     let mut admin = Service::new(
         "auth-proxy admin".to_string(),
         HttpServer::new_app(AdminApp::new(state.clone())),

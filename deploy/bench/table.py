@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+"""Turns deploy/bench/run.sh's results.jsonl into the Markdown tables of BENCHMARKS.md.
+
+    table.py RESULTS MACHINE COMMAND DATE [pinned]    print the tables
+    table.py --splice BENCHMARKS.md TABLE.md          replace what lies between the bench markers
+"""
+import json
+import sys
+
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+ORDER = [
+    "direct",
+    "auth-proxy-cached",
+    "auth-proxy-nocache-sqlite",
+    "auth-proxy-nocache-postgres",
+    "haproxy-jwt_verify",
+    "nginx-proxy_pass",
+]
+
+
+def load(path):
+    rows = {}
+    for line in open(path):
+        if line.strip():
+            r = json.loads(line)
+            rows[(r["target"], r["label"])] = r
+    return rows
+
+
+def fmt(v, digits=0):
+    if v is None:
+        return "–"
+    return f"{v:,.{digits}f}"
+
+
+def ratio(a, b):
+    return f"{a / b:.2f}×" if a is not None and b else "–"
+
+
+def table(rows, machine, command, date, pinned):
+    g = lambda t, l, k: rows.get((t, l), {}).get(k)  # noqa: E731
+    targets = [t for t in ORDER if any(k[0] == t for k in rows)]
+    out = [
+        f"Run on {date}: `{command}`  ",
+        f"Machine: {machine}  ",
+        (
+            "Each proxy ran alone with one worker thread, pinned to CPU 0; loadgen (one thread) and the "
+            "echo upstream shared CPU 1."
+            if pinned
+            else "Not pinned (fewer than 2 CPUs)."
+        ),
+        "",
+        "| target | handshakes/s | handshake p50 / p99 (1 client) | messages/s | round trip p50 / p99 (1 client) | HTTP req/s | proxy CPU per handshake | proxy RSS per idle tunnel | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for t in targets:
+        errors = sum(r.get("errors", 0) for (tt, _), r in rows.items() if tt == t)
+        held = g(t, "idle", "held")
+        rss = g(t, "idle", "rss_bytes_per_connection")
+        out.append(
+            f"| {t} | {fmt(g(t, 'handshakes', 'per_second'))} "
+            f"| {fmt(g(t, 'handshake-latency', 'p50_us'))} / {fmt(g(t, 'handshake-latency', 'p99_us'))} µs "
+            f"| {fmt(g(t, 'roundtrip', 'per_second'))} "
+            f"| {fmt(g(t, 'roundtrip-latency', 'p50_us'))} / {fmt(g(t, 'roundtrip-latency', 'p99_us'))} µs "
+            f"| {fmt(g(t, 'http-bearer', 'per_second'))} "
+            f"| {fmt(g(t, 'handshakes', 'proxy_cpu_us_per_op'), 1) + ' µs' if g(t, 'handshakes', 'proxy_cpu_us_per_op') else '–'} "
+            f"| {fmt(rss / 1024, 1) + ' KiB (' + fmt(held) + ' held)' if rss is not None else '–'} "
+            f"| {errors} |"
+        )
+    out += [
+        "",
+        "Ratios (handshakes/s and messages/s against direct and against HAProxy; CPU per handshake against HAProxy):",
+        "",
+        "| target | handshakes/s vs direct | vs HAProxy | messages/s vs direct | vs HAProxy | CPU/handshake vs HAProxy | added handshake p99 vs direct | round trip p50 vs direct |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    hx = "haproxy-jwt_verify"
+    for t in targets:
+        if t == "direct":
+            continue
+        added = None
+        if g(t, "handshake-latency", "p99_us") is not None and g("direct", "handshake-latency", "p99_us"):
+            added = g(t, "handshake-latency", "p99_us") - g("direct", "handshake-latency", "p99_us")
+        out.append(
+            f"| {t} | {ratio(g(t, 'handshakes', 'per_second'), g('direct', 'handshakes', 'per_second'))} "
+            f"| {ratio(g(t, 'handshakes', 'per_second'), g(hx, 'handshakes', 'per_second'))} "
+            f"| {ratio(g(t, 'roundtrip', 'per_second'), g('direct', 'roundtrip', 'per_second'))} "
+            f"| {ratio(g(t, 'roundtrip', 'per_second'), g(hx, 'roundtrip', 'per_second'))} "
+            f"| {ratio(g(t, 'handshakes', 'proxy_cpu_us_per_op'), g(hx, 'handshakes', 'proxy_cpu_us_per_op'))} "
+            f"| {fmt(added) + ' µs' if added is not None else '–'} "
+            f"| {ratio(g(t, 'roundtrip-latency', 'p50_us'), g('direct', 'roundtrip-latency', 'p50_us'))} |"
+        )
+    c = "auth-proxy-cached"
+    goals = []
+    hs, hhs = g(c, "handshakes", "per_second"), g(hx, "handshakes", "per_second")
+    if hs and hhs:
+        goals.append(("handshakes/s ≥ HAProxy jwt_verify", hs >= hhs, f"{hs / hhs:.2f}× HAProxy"))
+    cpu, hcpu = g(c, "handshakes", "proxy_cpu_us_per_op"), g(hx, "handshakes", "proxy_cpu_us_per_op")
+    if cpu and hcpu:
+        goals.append(("proxy CPU per handshake ≤ HAProxy's", cpu <= hcpu, f"{cpu:.1f} µs vs {hcpu:.1f} µs"))
+    p99, dp99 = g(c, "handshake-latency", "p99_us"), g("direct", "handshake-latency", "p99_us")
+    if p99 is not None and dp99 is not None:
+        goals.append(("added handshake p99 ≤ 1 ms (cached user)", p99 - dp99 <= 1000, f"{p99 - dp99} µs"))
+    rt, drt = g(c, "roundtrip-latency", "p50_us"), g("direct", "roundtrip-latency", "p50_us")
+    if rt and drt:
+        goals.append(("round trip ≤ 1.1× direct (p50, 1 client)", rt <= 1.1 * drt, f"{rt / drt:.2f}×"))
+    rss, held = g(c, "idle", "rss_bytes_per_connection"), g(c, "idle", "held")
+    if rss is not None:
+        goals.append(("≤ 16 KiB RSS per idle tunnel", rss <= 16 * 1024, f"{rss / 1024:.1f} KiB over {held:,} tunnels"))
+    out += ["", "Goals (auth-proxy, cached user):", ""]
+    out += [f"- {'met' if ok else 'MISSED'}: {name} — {val}" for name, ok, val in goals]
+    return "\n".join(out) + "\n"
+
+
+def splice(md_path, table_path):
+    md = open(md_path).read()
+    new = open(table_path).read()
+    a, b = md.index(BEGIN) + len(BEGIN), md.index(END)
+    open(md_path, "w").write(md[:a] + "\n" + new + md[b:])
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "--splice":
+        splice(sys.argv[2], sys.argv[3])
+    else:
+        print(table(load(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], len(sys.argv) > 5 and sys.argv[5]))
