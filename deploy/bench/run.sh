@@ -7,7 +7,7 @@
 #   haproxy         HS256 jwt_verify on the same token (deploy/bench/haproxy.cfg)
 #   nginx           plain proxy_pass, no authentication (deploy/bench/nginx.conf)
 # Each proxy runs alone, with one worker thread, pinned to CPU 0; loadgen and the echo upstream share
-# CPU 1. Results: a table on stdout, raw JSON lines in $OUT/results.jsonl, and the table written into
+# CPU 1. Before each target, the run waits for the previous target's TIME_WAIT sockets to expire. Results: a table on stdout, raw JSON lines in $OUT/results.jsonl, and the table written into
 # BENCHMARKS.md between its markers.
 #
 # Usage: deploy/bench/run.sh [--quick]
@@ -98,6 +98,18 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 
+# Every handshake leaves loopback sockets in TIME_WAIT for 60 s, and a target measured while the
+# previous target's sockets linger pays for it in connect(). Wait (bounded, 75 s) until few remain.
+settle() {
+  local tw=0
+  for _ in $(seq 1 150); do
+    tw=$(ss -Htan state time-wait | wc -l)
+    [ "$tw" -lt "${SETTLE_BELOW:-500}" ] && return 0
+    sleep 0.5
+  done
+  echo "    (still $tw sockets in TIME_WAIT after 75 s)"
+}
+
 # loadgen <target-name> <pid-or-empty> <scenario> [args...]: appends one JSON line with the proxy's
 # CPU time per operation (from /proc/PID/stat) added.
 measure() {
@@ -127,6 +139,7 @@ print("    %-22s %10.0f/s  p50 %6d us  p99 %6d us  errors %d" % (r["label"], r["
 suite() {
   local name=$1 base=$2 pid=$3
   echo "==> $name"
+  settle
   LABEL=handshakes measure "$name" "$pid" handshakes --url "ws://$base/ws/bench" \
     --connections "$CONNECTIONS" --duration "$DURATION"
   LABEL=handshake-latency measure "$name" "$pid" handshakes --url "ws://$base/ws/bench" \
@@ -138,6 +151,7 @@ suite() {
   LABEL=http-bearer measure "$name" "$pid" http --url "http://$base/api/bench" \
     --connections "$CONNECTIONS" --duration "$DURATION"
   if [ "${IDLE_TOO:-0}" = 1 ] && [ -n "$pid" ]; then
+    settle
     LABEL=idle measure "$name" "$pid" idle --url "ws://$base/ws/idle" \
       --connections "$IDLE" --duration "$IDLE_HOLD" --pid "$pid"
   fi
