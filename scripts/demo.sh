@@ -36,7 +36,9 @@ IDENTITY_SECRET=$(secret)
 export DATABASE_URL="sqlite://$PWD/$DB"
 
 pids=()
+stopping=0
 stop() {
+  stopping=1
   trap - INT TERM EXIT
   echo
   echo "==> stopping"
@@ -90,4 +92,4 @@ cat <<MSG
   Ctrl-C stops both.
 MSG
 wait -n "${pids[@]}" || true
-echo "a service exited; see the logs in $DEMO_DIR" >&2
+[ "$stopping" = 1 ] || echo "a service exited; see the logs in $DEMO_DIR" >&2

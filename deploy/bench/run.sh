@@ -6,13 +6,14 @@
 #   auth-proxy      cache off, PostgreSQL
 #   haproxy         HS256 jwt_verify on the same token (deploy/bench/haproxy.cfg)
 #   nginx           plain proxy_pass, no authentication (deploy/bench/nginx.conf)
+# then alternating short handshake rounds of the cached auth-proxy and HAProxy, for their ratio.
 # Each proxy runs alone, with one worker thread, pinned to CPU 0; loadgen and the echo upstream share
 # CPU 1. Before each target, the run waits for the previous target's TIME_WAIT sockets to expire. Results: a table on stdout, raw JSON lines in $OUT/results.jsonl, and the table written into
 # BENCHMARKS.md between its markers.
 #
 # Usage: deploy/bench/run.sh [--quick]
 #   --quick          2 s per measurement, 1,000 idle connections (a smoke run)
-#   DURATION=10 CONNECTIONS=32 IDLE=9500 OUT=target/bench   environment knobs
+#   DURATION=10 CONNECTIONS=32 IDLE=9500 ROUNDS=5 ALT_DURATION=5 OUT=target/bench   environment knobs
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
@@ -23,10 +24,12 @@ CONNECTIONS=${CONNECTIONS:-32}
 # A proxy holds two descriptors per tunnel; 9,500 tunnels fit a 20,000 descriptor hard limit.
 IDLE=${IDLE:-9500}
 IDLE_HOLD=${IDLE_HOLD:-10}
+ROUNDS=${ROUNDS:-5}
+ALT_DURATION=${ALT_DURATION:-5}
 OUT=${OUT:-$ROOT/target/bench}
 WRITE_MD=1
 if [ "${1:-}" = "--quick" ]; then
-  DURATION=2 IDLE=1000 IDLE_HOLD=2 WRITE_MD=0
+  DURATION=2 IDLE=1000 IDLE_HOLD=2 ROUNDS=2 ALT_DURATION=2 WRITE_MD=0
 fi
 
 SECRET="bench-secret-0123456789abcdef0123456789abcdef"
@@ -222,9 +225,35 @@ wait_http "http://127.0.0.1:$PROXY_PORT/health"
 USER_IDS="1..=100" IDLE_TOO=1 suite nginx-proxy_pass "127.0.0.1:$PROXY_PORT" "$NGINX_PID"
 stop "$NGINX_PID"
 
+# ---------------------------------------------------------------- alternating rounds (CPU 0)
+# One measurement per target is at the mercy of a noisy neighbour on a shared VM. Short rounds of the
+# cached auth-proxy and HAProxy, back to back, give the ratio between the two with its spread.
+ALT_PORT=$((PROXY_PORT + 1))
+RUST_LOG=warn $PIN_PROXY "$PROXY_BIN" --config "$OUT/auth-proxy-cached.toml" 2>"$OUT/alt-auth-proxy.log" &
+ALT_PROXY_PID=$!
+PIDS+=("$ALT_PROXY_PID")
+sed -e "s/@SECRET@/$SECRET/" -e "s/@PORT@/$ALT_PORT/" -e "s/@ECHO@/$ECHO_PORT/" \
+  "$BENCH/haproxy.cfg" >"$OUT/haproxy-alt.cfg"
+$PIN_PROXY haproxy -db -f "$OUT/haproxy-alt.cfg" 2>"$OUT/haproxy-alt.log" &
+ALT_HAPROXY_PID=$!
+PIDS+=("$ALT_HAPROXY_PID")
+wait_http "http://127.0.0.1:$ADMIN_PORT/readyz"
+wait_http "http://127.0.0.1:$ALT_PORT/health"
+echo "==> alternating rounds: auth-proxy-cached and haproxy-jwt_verify"
+settle
+USER_IDS="1..=100"
+for round in $(seq 1 "$ROUNDS"); do
+  LABEL=alt-$round measure auth-proxy-cached "$ALT_PROXY_PID" handshakes \
+    --url "ws://127.0.0.1:$PROXY_PORT/ws/bench" --connections "$CONNECTIONS" --duration "$ALT_DURATION"
+  LABEL=alt-$round measure haproxy-jwt_verify "$ALT_HAPROXY_PID" handshakes \
+    --url "ws://127.0.0.1:$ALT_PORT/ws/bench" --connections "$CONNECTIONS" --duration "$ALT_DURATION"
+done
+stop "$ALT_PROXY_PID"
+stop "$ALT_HAPROXY_PID"
+
 # ---------------------------------------------------------------- the table
 MACHINE="$(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -sr)"
-COMMAND="deploy/bench/run.sh${1:+ $1} (DURATION=$DURATION CONNECTIONS=$CONNECTIONS IDLE=$IDLE)"
+COMMAND="deploy/bench/run.sh${1:+ $1} (DURATION=$DURATION CONNECTIONS=$CONNECTIONS IDLE=$IDLE ROUNDS=$ROUNDS ALT_DURATION=$ALT_DURATION)"
 python3 "$BENCH/table.py" "$RESULTS" "$MACHINE" "$COMMAND" "$(date -u +%Y-%m-%d)" "${PIN_PROXY:+pinned}" >"$OUT/table.md"
 cat "$OUT/table.md"
 if [ "$WRITE_MD" = 1 ]; then
