@@ -16,10 +16,7 @@ use axum::response::IntoResponse;
 use axum::routing::any;
 use axum::Router;
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 #[allow(unused_imports)]
 pub use test_support::{
@@ -302,43 +299,14 @@ pub fn http_client() -> reqwest::Client {
     reqwest::Client::builder().timeout(STEP).build().unwrap()
 }
 
-pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub type Socket = test_support::ws::Socket;
 
-/// A WebSocket handshake; on refusal, the status and body.
+/// A WebSocket handshake; on refusal, the status, body and headers.
 pub async fn ws_connect(
     url: &str,
     headers: &[(&str, &str)],
-) -> Result<Socket, (u16, String, HeaderMap)> {
-    let mut req = url.into_client_request().unwrap();
-    for (k, v) in headers {
-        req.headers_mut().append(
-            tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-            v.parse().unwrap(),
-        );
-    }
-    match tokio::time::timeout(STEP, tokio_tungstenite::connect_async(req))
-        .await
-        .expect("handshake timed out")
-    {
-        Ok((s, _)) => Ok(s),
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
-            let status = resp.status().as_u16();
-            let body = resp
-                .body()
-                .as_ref()
-                .map(|b| String::from_utf8_lossy(b).into_owned())
-                .unwrap_or_default();
-            let mut headers = HeaderMap::new();
-            for (k, v) in resp.headers() {
-                headers.insert(
-                    axum::http::HeaderName::from_bytes(k.as_str().as_bytes()).unwrap(),
-                    axum::http::HeaderValue::from_bytes(v.as_bytes()).unwrap(),
-                );
-            }
-            Err((status, body, headers))
-        }
-        Err(e) => Err((0, e.to_string(), HeaderMap::new())),
-    }
+) -> Result<Socket, test_support::ws::Refusal> {
+    test_support::ws::handshake(url, headers, STEP).await
 }
 
 /// Sends a text message and waits for its echo.

@@ -278,43 +278,18 @@ pub mod ws {
 
     use futures_util::{SinkExt, StreamExt};
     use serde_json::Value;
-    use tokio::net::TcpStream;
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     use tokio_tungstenite::tungstenite::Message;
-    use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-    pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+    pub use test_support::ws::Socket;
 
     /// How long one frame may take to arrive.
     pub const FRAME_TIMEOUT: Duration = Duration::from_secs(15);
 
     /// Connects; on a refused handshake returns the HTTP status and body.
     pub async fn connect(url: &str, headers: &[(&str, &str)]) -> Result<Socket, (u16, String)> {
-        let mut req = url.into_client_request().expect("ws request");
-        for (k, v) in headers {
-            req.headers_mut().insert(
-                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes())
-                    .expect("name"),
-                v.parse().expect("value"),
-            );
-        }
-        let fut = tokio_tungstenite::connect_async(req);
-        match tokio::time::timeout(FRAME_TIMEOUT, fut)
+        test_support::ws::handshake(url, headers, FRAME_TIMEOUT)
             .await
-            .expect("handshake timed out")
-        {
-            Ok((socket, _)) => Ok(socket),
-            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
-                let status = resp.status().as_u16();
-                let body = resp
-                    .body()
-                    .as_ref()
-                    .map(|b| String::from_utf8_lossy(b).into_owned())
-                    .unwrap_or_default();
-                Err((status, body))
-            }
-            Err(e) => Err((0, e.to_string())),
-        }
+            .map_err(|(status, body, _)| (status, body))
     }
 
     pub async fn send(socket: &mut Socket, frame: Value) {

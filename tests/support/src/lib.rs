@@ -1,5 +1,6 @@
 //! Test helpers shared by every crate's tests: the News Nexus fixture on a real SQLite file or a
-//! fresh PostgreSQL database, News Nexus-shaped tokens, and free loopback ports.
+//! fresh PostgreSQL database, News Nexus-shaped tokens, free loopback ports, and WebSocket
+//! handshakes ([`ws`]).
 //!
 //! PostgreSQL: [`PgTestDb::create`] makes a new database on `TEST_POSTGRES_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/test`) and drops it when the value is dropped. When the
@@ -11,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sqlx::{Connection, Executor};
+
+pub mod ws;
 
 /// The fixture as SQLite statements (the shapes NewsNexus10 uses).
 pub const FIXTURE_SQLITE: &str = include_str!("../../fixtures/newsnexus-sqlite.sql");
