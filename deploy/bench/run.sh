@@ -6,7 +6,8 @@
 #   auth-proxy      cache off, PostgreSQL
 #   haproxy         HS256 jwt_verify on the same token (deploy/bench/haproxy.cfg)
 #   nginx           plain proxy_pass, no authentication (deploy/bench/nginx.conf)
-# then alternating short handshake rounds of the cached auth-proxy and HAProxy, for their ratio.
+# then alternating short handshake rounds of the cached auth-proxy and HAProxy, for their ratio, and of
+# direct, auth-proxy and HAProxy at one client, for the added handshake p99.
 # Each proxy runs alone, with one worker thread, pinned to CPU 0; loadgen and the echo upstream share
 # CPU 1. Before each target, the run waits for the previous target's TIME_WAIT sockets to expire. Results: a table on stdout, raw JSON lines in $OUT/results.jsonl, and the table written into
 # BENCHMARKS.md between its markers.
@@ -247,6 +248,12 @@ for round in $(seq 1 "$ROUNDS"); do
     --url "ws://127.0.0.1:$PROXY_PORT/ws/bench" --connections "$CONNECTIONS" --duration "$ALT_DURATION"
   LABEL=alt-$round measure haproxy-jwt_verify "$ALT_HAPROXY_PID" handshakes \
     --url "ws://127.0.0.1:$ALT_PORT/ws/bench" --connections "$CONNECTIONS" --duration "$ALT_DURATION"
+  # Handshake latency at one client, with direct in the same round for the added p99.
+  for target in "direct $ECHO_PORT" "auth-proxy-cached $PROXY_PORT" "haproxy-jwt_verify $ALT_PORT"; do
+    read -r name port <<<"$target"
+    LABEL=altlat-$round measure "$name" "" handshakes \
+      --url "ws://127.0.0.1:$port/ws/bench" --connections 1 --duration "$ALT_DURATION"
+  done
 done
 stop "$ALT_PROXY_PID"
 stop "$ALT_HAPROXY_PID"
