@@ -9,11 +9,12 @@
 # then alternating short handshake rounds of the cached auth-proxy and HAProxy, for their ratio, and of
 # direct, auth-proxy and HAProxy at one client, for the added handshake p99.
 # Each proxy runs alone, with one worker thread, pinned to CPU 0; loadgen and the echo upstream share
-# CPU 1. Before each target, the run waits for the previous target's TIME_WAIT sockets to expire. Results: a table on stdout, raw JSON lines in $OUT/results.jsonl, and the table written into
+# CPU 1. Before each target, the run waits for the previous target's TIME_WAIT sockets to expire.
+# Results: a table on stdout, raw JSON lines in $OUT/results.jsonl, and the table written into
 # BENCHMARKS.md between its markers.
 #
 # Usage: deploy/bench/run.sh [--quick]
-#   --quick          2 s per measurement, 1,000 idle connections (a smoke run)
+#   --quick          2 s per measurement, 1,000 idle connections, no TIME_WAIT settling (a smoke run)
 #   DURATION=10 CONNECTIONS=32 IDLE=9500 ROUNDS=5 ALT_DURATION=5 OUT=target/bench   environment knobs
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -27,10 +28,11 @@ IDLE=${IDLE:-9500}
 IDLE_HOLD=${IDLE_HOLD:-10}
 ROUNDS=${ROUNDS:-5}
 ALT_DURATION=${ALT_DURATION:-5}
+SETTLE=1
 OUT=${OUT:-$ROOT/target/bench}
 WRITE_MD=1
 if [ "${1:-}" = "--quick" ]; then
-  DURATION=2 IDLE=1000 IDLE_HOLD=2 ROUNDS=2 ALT_DURATION=2 WRITE_MD=0
+  DURATION=2 IDLE=1000 IDLE_HOLD=2 ROUNDS=2 ALT_DURATION=2 SETTLE=0 WRITE_MD=0
 fi
 
 SECRET="bench-secret-0123456789abcdef0123456789abcdef"
@@ -105,6 +107,7 @@ stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 # Every handshake leaves loopback sockets in TIME_WAIT for 60 s, and a target measured while the
 # previous target's sockets linger pays for it in connect(). Wait (bounded, 75 s) until few remain.
 settle() {
+  [ "$SETTLE" = 1 ] || return 0
   local tw=0
   for _ in $(seq 1 150); do
     tw=$(ss -Htan state time-wait | wc -l)
@@ -204,8 +207,10 @@ auth_proxy auth-proxy-nocache-sqlite "sqlite://$OUT/users.db" 0 "1..=$USERS"
 auth_proxy auth-proxy-nocache-postgres "$PG_URL" 0 "1..=$USERS"
 
 # ---------------------------------------------------------------- HAProxy jwt_verify (CPU 0)
-sed -e "s/@SECRET@/$SECRET/" -e "s/@PORT@/$PROXY_PORT/" -e "s/@ECHO@/$ECHO_PORT/" \
-  "$BENCH/haproxy.cfg" >"$OUT/haproxy.cfg"
+haproxy_config() { # $1 = listen port, $2 = output file
+  sed -e "s/@SECRET@/$SECRET/" -e "s/@PORT@/$1/" -e "s/@ECHO@/$ECHO_PORT/" "$BENCH/haproxy.cfg" >"$2"
+}
+haproxy_config "$PROXY_PORT" "$OUT/haproxy.cfg"
 haproxy -c -q -f "$OUT/haproxy.cfg"
 $PIN_PROXY haproxy -db -f "$OUT/haproxy.cfg" 2>"$OUT/haproxy.log" &
 HAPROXY_PID=$!
@@ -233,8 +238,7 @@ ALT_PORT=$((PROXY_PORT + 1))
 RUST_LOG=warn $PIN_PROXY "$PROXY_BIN" --config "$OUT/auth-proxy-cached.toml" 2>"$OUT/alt-auth-proxy.log" &
 ALT_PROXY_PID=$!
 PIDS+=("$ALT_PROXY_PID")
-sed -e "s/@SECRET@/$SECRET/" -e "s/@PORT@/$ALT_PORT/" -e "s/@ECHO@/$ECHO_PORT/" \
-  "$BENCH/haproxy.cfg" >"$OUT/haproxy-alt.cfg"
+haproxy_config "$ALT_PORT" "$OUT/haproxy-alt.cfg"
 $PIN_PROXY haproxy -db -f "$OUT/haproxy-alt.cfg" 2>"$OUT/haproxy-alt.log" &
 ALT_HAPROXY_PID=$!
 PIDS+=("$ALT_HAPROXY_PID")

@@ -37,26 +37,30 @@ def ratio(a, b):
     return f"{a / b:.2f}×" if a is not None and b else "–"
 
 
+def per_round(rows, prefix, value):
+    """`value(round)` for every round labelled `prefix`N, sorted; rounds missing a figure are skipped."""
+    rounds = {l for (_, l) in rows if l.startswith(prefix)}
+    return sorted(v for v in map(value, rounds) if v is not None)
+
+
 def alternating(rows, a, b, key):
     """Per-round ratios a/b of `key` over the alt-N rounds, sorted."""
-    rounds = sorted({l for (_, l) in rows if l.startswith("alt-")})
-    out = []
-    for r in rounds:
+
+    def ratio_of(r):
         va, vb = rows.get((a, r), {}).get(key), rows.get((b, r), {}).get(key)
-        if va and vb:
-            out.append(va / vb)
-    return sorted(out)
+        return va / vb if va and vb else None
+
+    return per_round(rows, "alt-", ratio_of)
 
 
 def added_p99(rows, target):
     """Per-round handshake p99 of `target` minus direct's, at one client, over the altlat-N rounds."""
-    rounds = sorted({l for (_, l) in rows if l.startswith("altlat-")})
-    out = []
-    for r in rounds:
+
+    def added(r):
         t, d = rows.get((target, r), {}).get("p99_us"), rows.get(("direct", r), {}).get("p99_us")
-        if t is not None and d is not None:
-            out.append(t - d)
-    return sorted(out)
+        return t - d if t is not None and d is not None else None
+
+    return per_round(rows, "altlat-", added)
 
 
 def median(xs):
