@@ -38,6 +38,10 @@ pub struct Config {
     pub identity: IdentityConfig,
     pub throttle: ThrottleConfig,
     pub log: LogConfig,
+    /// Connection caps and the request head deadline (see [`crate::admission`]).
+    pub connections: crate::admission::ConnectionsConfig,
+    /// WebSocket tunnel limits (see [`crate::tunnel`]).
+    pub websocket: crate::tunnel::WebSocketConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -117,6 +121,8 @@ impl Default for Config {
             identity: IdentityConfig::default(),
             throttle: ThrottleConfig::default(),
             log: LogConfig::default(),
+            connections: Default::default(),
+            websocket: Default::default(),
         }
     }
 }
@@ -278,6 +284,18 @@ impl Config {
         self.validate_identity()?;
         if self.throttle.failures_per_minute == 0 {
             return Err(err("throttle.failures_per_minute", "must be at least 1"));
+        }
+        if self.connections.header_timeout_secs == 0 {
+            return Err(err("connections.header_timeout_secs", "must be at least 1"));
+        }
+        if self.connections.max_per_ip == 0 {
+            return Err(err("connections.max_per_ip", "must be at least 1"));
+        }
+        if self.websocket.max_frame_bytes == 0 || self.websocket.max_message_bytes == 0 {
+            return Err(err(
+                "websocket.max_frame_bytes / max_message_bytes",
+                "must be at least 1",
+            ));
         }
         Ok(())
     }

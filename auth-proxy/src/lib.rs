@@ -5,16 +5,22 @@
 //! is kept apart from I/O and unit-tested on its own.
 
 pub mod admin;
+pub mod admission;
 pub mod config;
+pub mod connection;
 pub mod headers;
 pub mod jwt;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod reject;
+pub mod relay;
 pub mod routes;
 pub mod server;
 pub mod state;
 pub mod throttle;
 pub mod token;
+pub mod tunnel;
+pub mod tunnels;
 pub mod users;
+pub mod wsframe;

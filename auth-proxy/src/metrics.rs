@@ -23,6 +23,16 @@ pub struct Metrics {
     pub upstream_errors: IntCounter,
     /// Requests being handled now (tunnels included).
     pub in_flight: IntGauge,
+    /// Bytes relayed through tunnels, client to agent (`direction="to_upstream"`).
+    pub tunnel_bytes_to_upstream: IntCounter,
+    /// Bytes relayed through tunnels, agent to client (`direction="to_client"`).
+    pub tunnel_bytes_to_client: IntCounter,
+    /// How long tunnels stayed open, handshake included.
+    pub tunnel_duration: Histogram,
+    /// Connections refused at accept by a cap, by `reason` (per_ip, total).
+    pub connections_refused: IntCounterVec,
+    /// Request heads that did not arrive within the header deadline.
+    pub header_timeouts: IntCounter,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -35,6 +45,17 @@ fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> 
 impl Metrics {
     pub fn new() -> Metrics {
         let r = Registry::new();
+        let tunnel_bytes = reg(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "auth_proxy_tunnel_bytes_total",
+                    "Bytes relayed through WebSocket tunnels, by direction",
+                ),
+                &["direction"],
+            )
+            .unwrap(),
+        );
         let fast = vec![
             0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
             2.5, 5.0,
@@ -131,6 +152,47 @@ impl Metrics {
                 )
                 .unwrap(),
             ),
+            tunnel_bytes_to_upstream: tunnel_bytes.with_label_values(&["to_upstream"]),
+            tunnel_bytes_to_client: tunnel_bytes.with_label_values(&["to_client"]),
+            tunnel_duration: reg(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "auth_proxy_tunnel_duration_seconds",
+                        "How long WebSocket tunnels stayed open",
+                    )
+                    .buckets(vec![
+                        1.0,
+                        10.0,
+                        60.0,
+                        300.0,
+                        900.0,
+                        3600.0,
+                        4.0 * 3600.0,
+                        24.0 * 3600.0,
+                    ]),
+                )
+                .unwrap(),
+            ),
+            connections_refused: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "auth_proxy_connections_refused_total",
+                        "Client connections refused by a connection cap",
+                    ),
+                    &["reason"],
+                )
+                .unwrap(),
+            ),
+            header_timeouts: reg(
+                &r,
+                IntCounter::new(
+                    "auth_proxy_header_timeouts_total",
+                    "Request heads not received within the header deadline",
+                )
+                .unwrap(),
+            ),
             registry: r,
         }
     }
@@ -173,6 +235,9 @@ mod tests {
             "auth_proxy_user_cache_requests_total",
             "auth_proxy_websocket_connections_active",
             "auth_proxy_upstream_errors_total",
+            "auth_proxy_tunnel_bytes_total",
+            "auth_proxy_tunnel_duration_seconds",
+            "auth_proxy_header_timeouts_total",
         ] {
             assert!(text.contains(name), "{name} missing");
         }

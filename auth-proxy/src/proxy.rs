@@ -1,12 +1,15 @@
-//! The edge itself: a pingora `ProxyHttp` that reads top to bottom in request order.
+//! The edge's decisions and pingora-proxy's `ProxyHttp` for plain HTTP, in request order.
 //!
-//! 1. `request_filter`: request id and client IP; public routes pass; otherwise throttle, token,
-//!    JWT, user row, admin check, WebSocket check. Any failure is answered here, as JSON, before any
-//!    upstream contact and before the upgrade.
-//! 2. `upstream_peer`: the agent, with the tunnel idle timeout for WebSockets.
-//! 3. `upstream_request_filter`: strip the token and `Authorization`, delete every client identity
-//!    header, inject the signed identity, request id and forwarded headers.
-//! 4. `response_filter`: count an opened tunnel.
+//! 1. `request_filter`: [`Edge::identify_request`] (request id, client IP, route), then
+//!    [`Edge::decide`]: drain, public routes, throttle, token, JWT, user row, admin check, WebSocket
+//!    check. Any failure is answered here, as JSON, before any upstream contact and before the upgrade.
+//!    The WebSocket endpoint runs the same two functions in [`crate::tunnel`], which owns its
+//!    connections (see [`crate::connection`]).
+//! 2. `upstream_peer`: the agent.
+//! 3. `upstream_request_filter`: [`Edge::prepare_upstream_request`]: strip the token and
+//!    `Authorization`, delete every client identity header, inject the signed identity, request id
+//!    and forwarded headers.
+//! 4. `response_filter`: the request id on the answer.
 //! 5. `fail_to_proxy`: an unreachable upstream becomes 502 `upstream_unavailable` (JSON).
 //! 6. `logging`: the access line and the metrics.
 
@@ -18,6 +21,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
+use pingora::protocols::http::v1::common::is_upgrade_req;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use shared::identity::Identity;
 use tracing::{info, warn};
@@ -30,7 +34,7 @@ use crate::token;
 use crate::users::User;
 
 /// How long connecting to the upstream may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct Edge {
     state: Arc<AppState>,
@@ -42,19 +46,41 @@ impl Edge {
     }
 }
 
-/// What the proxy learns about one request as it goes.
+/// What the edge learns about one request as it goes.
 pub struct RequestCtx {
-    started: Instant,
-    responded: Option<Duration>,
-    request_id: String,
-    peer: Option<IpAddr>,
-    client_ip: Option<IpAddr>,
-    forwarded_for: Option<String>,
-    route: Route,
-    outcome: &'static str,
-    user: Option<User>,
-    tunnel_open: bool,
-    in_flight: bool,
+    pub(crate) started: Instant,
+    pub(crate) responded: Option<Duration>,
+    pub(crate) request_id: String,
+    pub(crate) peer: Option<IpAddr>,
+    pub(crate) client_ip: Option<IpAddr>,
+    pub(crate) forwarded_for: Option<String>,
+    pub(crate) route: Route,
+    pub(crate) outcome: &'static str,
+    pub(crate) user: Option<User>,
+    pub(crate) in_flight: bool,
+}
+
+impl RequestCtx {
+    pub fn new() -> RequestCtx {
+        RequestCtx {
+            started: Instant::now(),
+            responded: None,
+            request_id: String::new(),
+            peer: None,
+            client_ip: None,
+            forwarded_for: None,
+            route: Route::Api,
+            outcome: "",
+            user: None,
+            in_flight: false,
+        }
+    }
+}
+
+impl Default for RequestCtx {
+    fn default() -> Self {
+        RequestCtx::new()
+    }
 }
 
 fn header_str<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
@@ -66,66 +92,29 @@ impl ProxyHttp for Edge {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx {
-            started: Instant::now(),
-            responded: None,
-            request_id: String::new(),
-            peer: None,
-            client_ip: None,
-            forwarded_for: None,
-            route: Route::Api,
-            outcome: "",
-            user: None,
-            tunnel_open: false,
-            in_flight: false,
-        }
+        RequestCtx::new()
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        self.state.metrics.in_flight.inc();
-        ctx.in_flight = true;
-        self.identify_request(session, ctx);
-        if self.state.health.is_draining() {
-            return self.reject(session, ctx, Reject::ShuttingDown).await;
-        }
-        if ctx.route == Route::Public {
-            ctx.outcome = "public";
-            return Ok(false);
-        }
-        match self.authenticate(session, ctx).await {
-            Ok(user) => {
-                self.state
-                    .metrics
-                    .auth_decisions
-                    .with_label_values(&["allow", "ok"])
-                    .inc();
-                if ctx.route == Route::WebSocket {
-                    let idle = self.state.websocket_idle_timeout();
-                    session.as_downstream_mut().set_read_timeout(Some(idle));
-                }
-                ctx.outcome = "ok";
-                ctx.user = Some(user);
-                Ok(false)
-            }
-            Err(reject) => {
-                self.record_rejection(ctx, reject);
-                self.reject(session, ctx, reject).await
-            }
+        self.begin(ctx);
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        self.identify_request(session.req_header(), peer, ctx);
+        match self.decide(session.req_header(), ctx).await {
+            Ok(()) => Ok(false),
+            Err(reject) => self.reject(session, ctx, reject).await,
         }
     }
 
     async fn upstream_peer(
         &self,
         _session: &mut Session,
-        ctx: &mut RequestCtx,
+        _ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         let mut peer = HttpPeer::new(self.state.upstream, false, String::new());
         peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
-        if ctx.route == Route::WebSocket {
-            let idle = self.state.websocket_idle_timeout();
-            peer.options.read_timeout = Some(idle);
-            peer.options.idle_timeout = Some(idle);
-        }
         Ok(Box::new(peer))
     }
 
@@ -135,38 +124,8 @@ impl ProxyHttp for Edge {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if !self.state.config.forward_credentials {
-            let uri = token::forwarded_uri(upstream.uri.path(), upstream.uri.query());
-            upstream.set_uri(
-                uri.parse()
-                    .map_err(|_| Error::explain(HTTPStatus(400), "bad request URI"))?,
-            );
-            upstream.remove_header("authorization");
-        }
-        sanitise(upstream)?;
-        if let Some(user) = &ctx.user {
-            let identity = Identity {
-                user_id: user.id,
-                username: user.username.clone(),
-                is_admin: user.is_admin,
-            };
-            let method = session.req_header().method.as_str();
-            let signed = self
-                .state
-                .signer
-                .sign(&identity, method, upstream.uri.path(), now_unix());
-            for (name, value) in signed.pairs() {
-                upstream.insert_header(name, value)?;
-            }
-        }
-        upstream.insert_header("x-request-id", &ctx.request_id)?;
-        if let Some(peer) = ctx.peer {
-            let xff =
-                headers::forwarded_for(peer, ctx.forwarded_for.as_deref(), &self.state.trusted);
-            upstream.insert_header("x-forwarded-for", xff)?;
-        }
-        upstream.insert_header("x-forwarded-proto", "http")?;
-        Ok(())
+        let method = session.req_header().method.clone();
+        self.prepare_upstream_request(upstream, &method, ctx)
     }
 
     async fn response_filter(
@@ -176,10 +135,6 @@ impl ProxyHttp for Edge {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.responded = Some(ctx.started.elapsed());
-        if resp.status.as_u16() == 101 && !ctx.tunnel_open {
-            ctx.tunnel_open = true;
-            self.state.metrics.websocket_active.inc();
-        }
         resp.insert_header("x-request-id", &ctx.request_id)?;
         Ok(())
     }
@@ -238,38 +193,12 @@ impl ProxyHttp for Edge {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
-        let m = &self.state.metrics;
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
-        m.requests
-            .with_label_values(&[ctx.route.label(), &status.to_string()])
-            .inc();
-        let to_response = ctx.responded.unwrap_or_else(|| ctx.started.elapsed());
-        m.request_duration
-            .with_label_values(&[ctx.route.label()])
-            .observe(to_response.as_secs_f64());
-        if ctx.tunnel_open {
-            m.websocket_active.dec();
-        }
-        if ctx.in_flight {
-            m.in_flight.dec();
-        }
         let req = session.req_header();
-        info!(
-            target: "access",
-            method = %req.method,
-            path = req.uri.path(),
-            status,
-            outcome = ctx.outcome,
-            user_id = ctx.user.as_ref().map(|u| u.id),
-            client_ip = ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
-            duration_ms = to_response.as_secs_f64() * 1000.0,
-            session_ms = ctx.started.elapsed().as_millis() as u64,
-            request_id = %ctx.request_id,
-            "request"
-        );
+        self.finish_request(&req.method, req.uri.path(), status, ctx);
     }
 
     /// What pingora prints in its own error lines: never the query string (it may hold the token).
@@ -285,25 +214,148 @@ impl ProxyHttp for Edge {
 }
 
 impl Edge {
+    /// The request the upstream gets: the token and `Authorization` stripped (unless
+    /// `forward_credentials`), client identity headers deleted, the signed identity, request id and
+    /// forwarded headers added.
+    pub(crate) fn prepare_upstream_request(
+        &self,
+        upstream: &mut RequestHeader,
+        method: &http::Method,
+        ctx: &RequestCtx,
+    ) -> Result<()> {
+        if !self.state.config.forward_credentials {
+            let uri = token::forwarded_uri(upstream.uri.path(), upstream.uri.query());
+            upstream.set_uri(
+                uri.parse()
+                    .map_err(|_| Error::explain(HTTPStatus(400), "bad request URI"))?,
+            );
+            upstream.remove_header("authorization");
+        }
+        sanitise(upstream)?;
+        if let Some(user) = &ctx.user {
+            let identity = Identity {
+                user_id: user.id,
+                username: user.username.clone(),
+                is_admin: user.is_admin,
+            };
+            let signed =
+                self.state
+                    .signer
+                    .sign(&identity, method.as_str(), upstream.uri.path(), now_unix());
+            for (name, value) in signed.pairs() {
+                upstream.insert_header(name, value)?;
+            }
+        }
+        upstream.insert_header("x-request-id", &ctx.request_id)?;
+        if let Some(peer) = ctx.peer {
+            let xff =
+                headers::forwarded_for(peer, ctx.forwarded_for.as_deref(), &self.state.trusted);
+            upstream.insert_header("x-forwarded-for", xff)?;
+        }
+        upstream.insert_header("x-forwarded-proto", "http")?;
+        Ok(())
+    }
+
+    /// A request starts: it counts as in flight (the drain waits for it) until [`Edge::end`].
+    pub(crate) fn begin(&self, ctx: &mut RequestCtx) {
+        self.state.metrics.in_flight.inc();
+        ctx.in_flight = true;
+    }
+
+    /// A request (or tunnel) ends.
+    pub(crate) fn end(&self, ctx: &mut RequestCtx) {
+        if ctx.in_flight {
+            self.state.metrics.in_flight.dec();
+            ctx.in_flight = false;
+        }
+    }
+
+    /// A request is answered: its metrics, its access line, and it is no longer in flight.
+    pub(crate) fn finish_request(
+        &self,
+        method: &http::Method,
+        path: &str,
+        status: u16,
+        ctx: &mut RequestCtx,
+    ) {
+        let m = &self.state.metrics;
+        m.requests
+            .with_label_values(&[ctx.route.label(), &status.to_string()])
+            .inc();
+        let to_response = ctx.responded.unwrap_or_else(|| ctx.started.elapsed());
+        m.request_duration
+            .with_label_values(&[ctx.route.label()])
+            .observe(to_response.as_secs_f64());
+        self.end(ctx);
+        info!(
+            target: "access",
+            method = %method,
+            path,
+            status,
+            outcome = ctx.outcome,
+            user_id = ctx.user.as_ref().map(|u| u.id),
+            client_ip = ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            duration_ms = to_response.as_secs_f64() * 1000.0,
+            session_ms = ctx.started.elapsed().as_millis() as u64,
+            request_id = %ctx.request_id,
+            "request"
+        );
+    }
+
     /// Request id, client IP and route class.
-    fn identify_request(&self, session: &Session, ctx: &mut RequestCtx) {
-        let req = session.req_header();
+    pub(crate) fn identify_request(
+        &self,
+        req: &RequestHeader,
+        peer: Option<IpAddr>,
+        ctx: &mut RequestCtx,
+    ) {
         ctx.request_id = headers::request_id(req.headers.get("x-request-id").map(|v| v.as_bytes()));
         ctx.route = self.state.routes.classify(req.uri.path());
         ctx.forwarded_for = header_str(req, "x-forwarded-for").map(str::to_string);
-        ctx.peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
+        ctx.peer = peer;
         ctx.client_ip = ctx
             .peer
             .map(|p| headers::client_ip(p, ctx.forwarded_for.as_deref(), &self.state.trusted));
     }
 
+    /// The edge's decision on a request, before any upstream contact: `Ok` forwards it (public, or
+    /// authenticated with `ctx.user` set), `Err` is the answer to give instead. Counts the decision.
+    pub(crate) async fn decide(
+        &self,
+        req: &RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> std::result::Result<(), Reject> {
+        if self.state.health.is_draining() {
+            ctx.outcome = Reject::ShuttingDown.code();
+            return Err(Reject::ShuttingDown);
+        }
+        if ctx.route == Route::Public {
+            ctx.outcome = "public";
+            return Ok(());
+        }
+        match self.authenticate(req, ctx).await {
+            Ok(user) => {
+                self.state
+                    .metrics
+                    .auth_decisions
+                    .with_label_values(&["allow", "ok"])
+                    .inc();
+                ctx.outcome = "ok";
+                ctx.user = Some(user);
+                Ok(())
+            }
+            Err(reject) => {
+                self.record_rejection(ctx, reject);
+                ctx.outcome = reject.code();
+                Err(reject)
+            }
+        }
+    }
+
     /// Throttle, token, JWT, user row, admin and upgrade checks, in that order.
     async fn authenticate(
         &self,
-        session: &Session,
+        req: &RequestHeader,
         ctx: &RequestCtx,
     ) -> std::result::Result<User, Reject> {
         let s = &self.state;
@@ -312,7 +364,6 @@ impl Edge {
                 return Err(Reject::RateLimited);
             }
         }
-        let req = session.req_header();
         let authorization = req.headers.get("authorization").map(|v| v.as_bytes());
         let token = token::extract(req.uri.query(), authorization, s.config.max_token_bytes)?;
         let user_id = s.jwt.verify(&token, now_unix())?;
@@ -327,7 +378,7 @@ impl Edge {
         if ctx.route == Route::Admin && !user.is_admin {
             return Err(Reject::Forbidden);
         }
-        if ctx.route == Route::WebSocket && !session.is_upgrade_req() {
+        if ctx.route == Route::WebSocket && !is_upgrade_req(req) {
             return Err(Reject::WebSocketRequired);
         }
         Ok(user)
@@ -376,17 +427,7 @@ impl Edge {
         body: Vec<u8>,
         reject: Option<Reject>,
     ) -> Result<()> {
-        let mut h = ResponseHeader::build(status, Some(6))?;
-        h.insert_header("content-type", "application/json")?;
-        h.insert_header("content-length", body.len().to_string())?;
-        h.insert_header("cache-control", "no-store")?;
-        h.insert_header("x-request-id", &ctx.request_id)?;
-        if let Some(challenge) = reject.and_then(Reject::challenge) {
-            h.insert_header("www-authenticate", challenge)?;
-        }
-        if reject == Some(Reject::RateLimited) {
-            h.insert_header("retry-after", "60")?;
-        }
+        let h = json_response(status, body.len(), &ctx.request_id, reject)?;
         session.set_keepalive(None);
         ctx.responded = Some(ctx.started.elapsed());
         session.write_response_header(Box::new(h), false).await?;
@@ -394,6 +435,28 @@ impl Edge {
             .write_response_body(Some(Bytes::from(body)), true)
             .await
     }
+}
+
+/// The header of a JSON answer the edge gives itself (a rejection or an error), with the request id,
+/// `no-store`, and the challenge or `Retry-After` a rejection calls for.
+pub(crate) fn json_response(
+    status: u16,
+    body_len: usize,
+    request_id: &str,
+    reject: Option<Reject>,
+) -> Result<ResponseHeader> {
+    let mut h = ResponseHeader::build(status, Some(6))?;
+    h.insert_header("content-type", "application/json")?;
+    h.insert_header("content-length", body_len.to_string())?;
+    h.insert_header("cache-control", "no-store")?;
+    h.insert_header("x-request-id", request_id)?;
+    if let Some(challenge) = reject.and_then(Reject::challenge) {
+        h.insert_header("www-authenticate", challenge)?;
+    }
+    if reject == Some(Reject::RateLimited) {
+        h.insert_header("retry-after", "60")?;
+    }
+    Ok(h)
 }
 
 /// Deletes every reserved identity header and any `Connection` token naming one.

@@ -2,7 +2,8 @@
 //! listener, the readiness probe) and drains on SIGTERM or SIGINT.
 //!
 //! Drain: readiness fails at once and the listeners stop accepting; open requests and WebSocket
-//! tunnels get up to `shutdown_grace_secs`; the process exits 0 as soon as none is left, or when the
+//! tunnels get up to `shutdown_grace_secs`: one second before it ends, every open tunnel gets a
+//! close frame 1001 "server shutting down" (at a frame boundary) so clients reconnect elsewhere; the process exits 0 as soon as none is left, or when the
 //! grace ends. pingora's `grace_period_seconds` is the grace and its `graceful_shutdown_timeout_seconds`
 //! is one second of runtime teardown after it, so the whole drain takes at most grace + 1 s.
 
@@ -22,8 +23,10 @@ use tracing::info;
 
 use crate::admin::{AdminApp, ReadinessProbe};
 use crate::config::Config;
+use crate::connection::EdgeApp;
 use crate::proxy::Edge;
 use crate::state::AppState;
+use crate::tunnels::CloseRequest;
 
 /// Runs the proxy until it is told to stop. Returns after a graceful drain.
 pub fn run(config: Config) -> anyhow::Result<()> {
@@ -41,11 +44,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let mut edge = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Edge::new(state.clone()),
-        "auth-proxy",
-    );
+    let proxy = pingora::proxy::http_proxy(&server.configuration, Edge::new(state.clone()));
+    let mut edge = Service::new("auth-proxy".to_string(), EdgeApp::new(state.clone(), proxy));
     edge.add_listener(
         ListenerConfig::tcp(c.listen.as_str())
             .l4_buffer(L4BufferSettings::default().read(c.read_buffer_bytes)),
@@ -69,6 +69,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     info!("auth-proxy stopped");
     Ok(())
 }
+
+/// How long before the end of the grace open tunnels get their close frame.
+const TUNNEL_CLOSE_BEFORE_GRACE_END: Duration = Duration::from_secs(1);
 
 /// Waits for SIGTERM or SIGINT, then starts the drain.
 struct DrainOnSignal {
@@ -98,14 +101,22 @@ impl ShutdownSignalWatch for DrainOnSignal {
 }
 
 /// Ends the process with status 0 as soon as no request or tunnel is open (checked twice, 100 ms
-/// apart, so a connection accepted just before the listener closed is not cut). If some stay open,
-/// pingora's grace period ends the process instead.
+/// apart, so a connection accepted just before the listener closed is not cut). One second before
+/// the grace ends, open tunnels are closed with 1001. If requests stay open, pingora's grace period
+/// ends the process instead.
 fn exit_when_idle(state: Arc<AppState>) {
     let grace = Duration::from_secs(state.config.shutdown_grace_secs);
+    let close_tunnels_at = grace.saturating_sub(TUNNEL_CLOSE_BEFORE_GRACE_END);
     std::thread::spawn(move || {
         let started = Instant::now();
         let mut idle_checks = 0;
+        let mut tunnels_closed = false;
         while started.elapsed() < grace {
+            if !tunnels_closed && started.elapsed() >= close_tunnels_at {
+                tunnels_closed = true;
+                let n = state.tunnels.close_all(CloseRequest::going_away());
+                info!(tunnels = n, "closing open tunnels with 1001");
+            }
             if state.metrics.in_flight.get() <= 0 {
                 idle_checks += 1;
                 if idle_checks >= 2 {

@@ -12,6 +12,7 @@ use crate::jwt::JwtVerifier;
 use crate::metrics::Metrics;
 use crate::routes::Routes;
 use crate::throttle::Throttle;
+use crate::tunnels::Tunnels;
 use crate::users::Users;
 
 pub struct AppState {
@@ -25,6 +26,8 @@ pub struct AppState {
     pub trusted: Vec<(IpAddr, u8)>,
     pub upstream: SocketAddr,
     pub health: Health,
+    /// Open WebSocket tunnels, closable from outside (see [`crate::tunnels`]).
+    pub tunnels: Arc<Tunnels>,
 }
 
 impl AppState {
@@ -42,6 +45,7 @@ impl AppState {
                 problem: "not an address".into(),
             })?,
             health: Health::default(),
+            tunnels: Tunnels::new(),
             metrics,
             config,
         })

@@ -1,0 +1,330 @@
+//! The edge's connection layer: a pingora `ServerApp` that owns each accepted client connection.
+//!
+//! For every connection: admission (per-IP and global caps, see [`crate::admission`]; over a cap
+//! the client gets a JSON 429/503 and the connection closes), then, for each request on it, the
+//! request head is read here under a deadline (`connections.header_timeout_secs` for the whole head;
+//! a slow or silent client gets 408 or is closed). The head decides who serves the request:
+//! - the WebSocket endpoint: [`crate::tunnel`], which authenticates, connects the agent and relays
+//!   the raw sockets itself;
+//! - everything else: pingora-proxy's `HttpProxy` with [`crate::proxy::Edge`], handed a session
+//!   that starts with the head already read (pingora's pipelined-prefix), keep-alive included.
+//!
+//! pingora keeps the listeners, the accept loop, graceful shutdown and the HTTP/1 codecs.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::BytesMut;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::Stream;
+use pingora::proxy::HttpProxy;
+use pingora::server::ShutdownWatch;
+use shared::error_body::ErrorBody;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::{timeout, Instant};
+use tracing::debug;
+
+use crate::admission::{Admission, Refusal};
+use crate::proxy::Edge;
+use crate::routes::Route;
+use crate::state::AppState;
+
+/// Largest request head accepted (request line and headers).
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Headers parsed at most (pingora's own limit).
+const MAX_HEADERS: usize = 256;
+/// How long a kept-alive connection may wait for its next request (pingora's default).
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+/// How long writing a refusal may take.
+const REFUSAL_WRITE: Duration = Duration::from_secs(1);
+
+/// Owns the edge listener's connections.
+pub struct EdgeApp {
+    state: Arc<AppState>,
+    edge: Edge,
+    proxy: Arc<HttpProxy<Edge>>,
+    admission: Arc<Admission>,
+}
+
+impl EdgeApp {
+    pub fn new(state: Arc<AppState>, proxy: HttpProxy<Edge>) -> EdgeApp {
+        let c = &state.config.connections;
+        let admission =
+            Admission::new(c.effective_max_total(), c.max_per_ip, state.trusted.clone());
+        EdgeApp {
+            edge: Edge::new(state.clone()),
+            proxy: Arc::new(proxy),
+            admission,
+            state,
+        }
+    }
+}
+
+/// What reading a request head gave.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Head {
+    /// A whole head (and perhaps bytes after it) for the given route.
+    Complete { bytes: BytesMut, route: Route },
+    /// Bytes httparse refuses: pingora's parser (more lenient on request lines) gets them.
+    Unparsed(BytesMut),
+    /// The connection closed (or the service is shutting down) before a request started.
+    Closed,
+    /// The head did not arrive in time; `started` if some of it did.
+    TimedOut { started: bool },
+    /// The head is larger than [`MAX_HEAD_BYTES`].
+    TooLarge,
+}
+
+/// What the bytes read so far hold.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Parsed {
+    /// A whole head for this route.
+    Complete(Route),
+    /// A whole head httparse refuses.
+    Unparsed,
+}
+
+/// Looks at the bytes read so far: `None` while the head is incomplete.
+pub fn parse_head(bytes: &[u8], routes: &crate::routes::Routes) -> Option<Parsed> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(bytes) {
+        Ok(httparse::Status::Complete(_)) => {
+            let target = req.path.unwrap_or("/");
+            let path = target.split_once('?').map_or(target, |(p, _)| p);
+            Some(Parsed::Complete(routes.classify(path)))
+        }
+        Ok(httparse::Status::Partial) => None,
+        Err(_) => head_ended(bytes).then_some(Parsed::Unparsed),
+    }
+}
+
+/// True once the bytes hold the end of a head (an empty line).
+fn head_ended(bytes: &[u8]) -> bool {
+    bytes.windows(4).any(|w| w == b"\r\n\r\n") || bytes.windows(2).any(|w| w == b"\n\n")
+}
+
+/// Reads one request head from `stream`: the first byte may take `first_byte_wait`, the whole head
+/// `header_timeout` from the start (a new connection) or from its first byte (a kept-alive one).
+async fn read_head(
+    stream: &mut Stream,
+    fresh: bool,
+    header_timeout: Duration,
+    shutdown: &ShutdownWatch,
+    routes: &crate::routes::Routes,
+) -> Head {
+    let mut bytes = BytesMut::with_capacity(2048);
+    let mut shutdown = shutdown.clone();
+    let accepted = Instant::now();
+    let first_wait = if fresh {
+        header_timeout
+    } else {
+        KEEPALIVE_IDLE
+    };
+    let first = tokio::select! {
+        biased;
+        r = timeout(first_wait, stream.read_buf(&mut bytes)) => r,
+        _ = shutdown.wait_for(|down| *down) => return Head::Closed,
+    };
+    match first {
+        Err(_) => return Head::TimedOut { started: false },
+        Ok(Ok(0)) | Ok(Err(_)) => return Head::Closed,
+        Ok(Ok(_)) => {}
+    }
+    let deadline = if fresh { accepted } else { Instant::now() } + header_timeout;
+    loop {
+        match parse_head(&bytes, routes) {
+            Some(Parsed::Complete(route)) => return Head::Complete { bytes, route },
+            Some(Parsed::Unparsed) => return Head::Unparsed(bytes),
+            None => {}
+        }
+        if bytes.len() >= MAX_HEAD_BYTES {
+            return Head::TooLarge;
+        }
+        if bytes.capacity() == bytes.len() {
+            bytes.reserve(bytes.len());
+        }
+        match tokio::time::timeout_at(deadline, stream.read_buf(&mut bytes)).await {
+            Err(_) => return Head::TimedOut { started: true },
+            Ok(Ok(0)) | Ok(Err(_)) => return Head::Closed,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// A JSON answer written straight to the socket, then the connection closes.
+async fn answer_and_close(
+    stream: &mut Stream,
+    status: u16,
+    reason: &str,
+    error: &str,
+    message: &str,
+    retry_after: bool,
+) {
+    let body = ErrorBody::new(error, message).to_json();
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\ncache-control: no-store\r\nconnection: close\r\n",
+        body.len()
+    );
+    if retry_after {
+        out.push_str("retry-after: 5\r\n");
+    }
+    out.push_str("\r\n");
+    let _ = timeout(REFUSAL_WRITE, async {
+        stream.write_all(out.as_bytes()).await?;
+        stream.write_all(&body).await?;
+        stream.flush().await?;
+        stream.shutdown().await
+    })
+    .await;
+}
+
+fn peer_ip(stream: &Stream) -> Option<IpAddr> {
+    stream
+        .get_socket_digest()
+        .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
+}
+
+#[async_trait]
+impl ServerApp for EdgeApp {
+    async fn process_new(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let m = &self.state.metrics;
+        let _ticket = match self.admission.admit(peer_ip(&stream)) {
+            Ok(ticket) => ticket,
+            Err(refusal) => {
+                m.connections_refused
+                    .with_label_values(&[refusal.label()])
+                    .inc();
+                let (status, reason, message) = match refusal {
+                    Refusal::PerIp => (
+                        429,
+                        "Too Many Requests",
+                        "Too many open connections from this address.",
+                    ),
+                    Refusal::Total => (
+                        503,
+                        "Service Unavailable",
+                        "The proxy is at its connection limit; retry shortly.",
+                    ),
+                };
+                answer_and_close(
+                    &mut stream,
+                    status,
+                    reason,
+                    "too_many_connections",
+                    message,
+                    true,
+                )
+                .await;
+                return None;
+            }
+        };
+        let header_timeout = Duration::from_secs(self.state.config.connections.header_timeout_secs);
+        let mut settings: Option<HttpPersistentSettings> = None;
+        let mut fresh = true;
+        loop {
+            let (bytes, tunnel) = match read_head(
+                &mut stream,
+                fresh,
+                header_timeout,
+                shutdown,
+                &self.state.routes,
+            )
+            .await
+            {
+                Head::Complete { bytes, route } => (bytes, route == Route::WebSocket),
+                Head::Unparsed(bytes) => (bytes, false),
+                Head::Closed => return None,
+                Head::TimedOut { started } => {
+                    m.header_timeouts.inc();
+                    if started {
+                        answer_and_close(
+                            &mut stream,
+                            408,
+                            "Request Timeout",
+                            "request_timeout",
+                            "The request head was not received in time.",
+                            false,
+                        )
+                        .await;
+                    }
+                    debug!(started, "request head timed out");
+                    return None;
+                }
+                Head::TooLarge => {
+                    answer_and_close(
+                        &mut stream,
+                        431,
+                        "Request Header Fields Too Large",
+                        "bad_request",
+                        "The request head is too large.",
+                        false,
+                    )
+                    .await;
+                    return None;
+                }
+            };
+            let mut session = ServerSession::new_http1(stream);
+            match settings.take() {
+                Some(s) => s.apply_to_session(&mut session),
+                None => session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) }),
+            }
+            session.set_pipelined_prefix(bytes);
+            if tunnel {
+                Box::pin(crate::tunnel::serve(&self.state, &self.edge, session)).await;
+                return None;
+            }
+            let reused = self.proxy.process_new_http(session, shutdown).await?;
+            let (next, next_settings) = reused.consume();
+            stream = next;
+            settings = next_settings;
+            fresh = false;
+        }
+    }
+
+    async fn cleanup(&self) {
+        self.proxy.http_cleanup().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::routes::Routes;
+
+    fn routes() -> Routes {
+        Routes::from_config(&Config::default())
+    }
+
+    #[test]
+    fn heads_are_classified_when_complete() {
+        let r = routes();
+        let partial = BytesMut::from(&b"GET /ws/a?token=x HTTP/1.1\r\nHost: a\r\n"[..]);
+        assert_eq!(parse_head(&partial, &r), None);
+        let ws = BytesMut::from(&b"GET /ws/a?token=x HTTP/1.1\r\nHost: a\r\n\r\n"[..]);
+        assert_eq!(
+            parse_head(&ws, &r),
+            Some(Parsed::Complete(Route::WebSocket))
+        );
+        let api =
+            BytesMut::from(&b"POST /api/x HTTP/1.1\r\nHost: a\r\ncontent-length: 3\r\n\r\nabc"[..]);
+        assert_eq!(parse_head(&api, &r), Some(Parsed::Complete(Route::Api)));
+    }
+
+    #[test]
+    fn unparsable_heads_go_to_pingora_once_complete() {
+        let r = routes();
+        let bad = BytesMut::from(&b"GET /a b HTTP/1.1\r\nHost: a\r\n"[..]);
+        assert_eq!(parse_head(&bad, &r), None, "wait for the end of the head");
+        let bad = BytesMut::from(&b"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n"[..]);
+        assert_eq!(parse_head(&bad, &r), Some(Parsed::Unparsed));
+    }
+}

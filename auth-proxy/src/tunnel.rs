@@ -1,0 +1,487 @@
+//! The WebSocket endpoint, owned by the edge end to end: a tunnel's life.
+//!
+//! 1. The request head (read by [`crate::connection`]) is parsed by pingora's HTTP/1 codec.
+//! 2. The same decision as plain HTTP: [`Edge::identify_request`] and [`Edge::decide`]. A refusal
+//!    is answered here as JSON, before any upstream contact and before the upgrade.
+//! 3. The edge connects the agent, forwards the sanitised handshake with the signed identity
+//!    ([`Edge::prepare_upstream_request`] after [`upgrade_request`]), and reads the agent's answer.
+//!    A non-101 answer is passed to the client and the connection closes.
+//! 4. On 101 the answer goes to the client, both sockets leave their HTTP sessions, the tunnel is
+//!    registered in [`crate::tunnels`] (closable from outside), and [`crate::relay`] moves bytes
+//!    until one side ends it, the idle timeout, a limit, the drain or the registry closes it.
+//! 5. One access line at the end, with the duration and the bytes of each direction.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use pingora::http::RequestHeader;
+use pingora::protocols::http::v1::client::http_req_header_to_wire;
+use pingora::protocols::http::ServerSession;
+use shared::error_body::ErrorBody;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tracing::{info, warn};
+
+use crate::proxy::{json_response, Edge, RequestCtx, CONNECT_TIMEOUT};
+use crate::reject::Reject;
+use crate::relay::{relay, RelayConfig, RelayCounters};
+use crate::state::{now_unix, AppState};
+use crate::tunnels::{CloseRequest, TunnelInfo};
+use crate::wsframe::Limits;
+
+/// How long the agent may take to answer the handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest handshake answer head read from the agent.
+const MAX_RESPONSE_HEAD: usize = 16 * 1024;
+/// Largest non-101 answer body passed on to the client.
+const MAX_REFUSAL_BODY: usize = 64 * 1024;
+
+/// The `[websocket]` section: limits of the tunnels.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebSocketConfig {
+    /// Largest frame payload a client may send toward the agent (bytes); over it: close 1009.
+    pub max_frame_bytes: u64,
+    /// Largest message (all its fragments) a client may send toward the agent; over it: close 1009.
+    pub max_message_bytes: u64,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        WebSocketConfig {
+            max_frame_bytes: 16 << 20,
+            max_message_bytes: 16 << 20,
+        }
+    }
+}
+
+/// Serves one request on the WebSocket endpoint; the connection ends with it.
+pub async fn serve(state: &Arc<AppState>, edge: &Edge, mut session: ServerSession) {
+    if !matches!(session.read_request().await, Ok(true)) {
+        return;
+    }
+    let mut ctx = RequestCtx::new();
+    edge.begin(&mut ctx);
+    let peer = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip());
+    edge.identify_request(session.req_header(), peer, &mut ctx);
+    let method = session.req_header().method.clone();
+    let path = session.req_header().uri.path().to_string();
+    let status = match edge.decide(session.req_header(), &mut ctx).await {
+        Err(reject) => {
+            respond(
+                &mut session,
+                &mut ctx,
+                reject.status(),
+                reject.body(),
+                Some(reject),
+            )
+            .await
+        }
+        Ok(()) => match Box::pin(open(state, edge, &mut session, &mut ctx)).await {
+            Opened::Tunnel {
+                upstream,
+                head,
+                rest,
+            } => {
+                let tunnel = Tunnel {
+                    upstream,
+                    head,
+                    rest,
+                    method,
+                    path,
+                };
+                return run(state, edge, session, tunnel, ctx).await;
+            }
+            Opened::Refused { status, head, body } => {
+                if let Some(mut client) = into_stream(session) {
+                    let _ = timeout(HANDSHAKE_TIMEOUT, async {
+                        client.write_all(&head).await?;
+                        client.write_all(&body).await?;
+                        client.flush().await?;
+                        client.shutdown().await
+                    })
+                    .await;
+                }
+                edge.finish_request(&method, &path, status, &mut ctx);
+                return;
+            }
+            Opened::Answered(status) => status,
+        },
+    };
+    finish(session).await;
+    edge.finish_request(&method, &path, status, &mut ctx);
+}
+
+/// What became of the handshake with the agent.
+enum Opened {
+    /// The agent answered 101: its socket, its answer's head for the client (with the request
+    /// id), and the bytes it sent after the head.
+    Tunnel {
+        upstream: TcpStream,
+        head: Vec<u8>,
+        rest: Bytes,
+    },
+    /// The agent refused the upgrade: its answer, passed to the client as it is.
+    Refused {
+        status: u16,
+        head: Vec<u8>,
+        body: Vec<u8>,
+    },
+    /// The edge answered the client itself with this status.
+    Answered(u16),
+}
+
+/// An accepted handshake, ready to relay.
+struct Tunnel {
+    upstream: TcpStream,
+    head: Vec<u8>,
+    rest: Bytes,
+    method: http::Method,
+    path: String,
+}
+
+/// The client's socket out of its HTTP session (nothing is buffered in it: the session has
+/// only parsed the head it was given).
+fn into_stream(session: ServerSession) -> Option<pingora::protocols::Stream> {
+    match session {
+        ServerSession::H1(s) => Some(s.into_inner()),
+        _ => None,
+    }
+}
+
+/// Connects the agent and forwards the handshake; on a 101, its answer is passed to the client
+/// by [`run`].
+async fn open(
+    state: &AppState,
+    edge: &Edge,
+    session: &mut ServerSession,
+    ctx: &mut RequestCtx,
+) -> Opened {
+    let mut upstream = match timeout(CONNECT_TIMEOUT, TcpStream::connect(state.upstream)).await {
+        Ok(Ok(s)) => s,
+        other => {
+            let error = match other {
+                Ok(Err(e)) => e.kind().to_string(),
+                _ => "connect timeout".into(),
+            };
+            return upstream_failed(state, session, ctx, &error).await;
+        }
+    };
+    let _ = upstream.set_nodelay(true);
+    let mut request = session.req_header().clone();
+    let method = request.method.clone();
+    let prepared = upgrade_request(&mut request)
+        .and_then(|()| edge.prepare_upstream_request(&mut request, &method, ctx));
+    let Some(wire) = prepared
+        .ok()
+        .and_then(|()| http_req_header_to_wire(&request))
+    else {
+        let body = ErrorBody::new("bad_request", "The request could not be parsed.").to_json();
+        ctx.outcome = "error";
+        return Opened::Answered(respond(session, ctx, 400, body, None).await);
+    };
+    if let Err(e) = upstream.write_all(&wire).await {
+        return upstream_failed(state, session, ctx, &e.kind().to_string()).await;
+    }
+    let (head_len, status, bytes) =
+        match timeout(HANDSHAKE_TIMEOUT, read_response_head(&mut upstream)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return upstream_failed(state, session, ctx, &e).await,
+            Err(_) => return upstream_failed(state, session, ctx, "handshake timeout").await,
+        };
+    ctx.responded = Some(ctx.started.elapsed());
+    let head = with_request_id(&bytes[..head_len], &ctx.request_id);
+    let rest = bytes.freeze().slice(head_len..);
+    if status == 101 {
+        return Opened::Tunnel {
+            upstream,
+            head,
+            rest,
+        };
+    }
+    // The agent refused the upgrade: pass its answer on (bounded), then close.
+    ctx.outcome = "upstream_refused";
+    let mut body = rest.to_vec();
+    let _ = timeout(HANDSHAKE_TIMEOUT, async {
+        let mut buf = [0u8; 4096];
+        while body.len() < MAX_REFUSAL_BODY {
+            match upstream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => body.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    Opened::Refused { status, head, body }
+}
+
+async fn upstream_failed(
+    state: &AppState,
+    session: &mut ServerSession,
+    ctx: &mut RequestCtx,
+    error: &str,
+) -> Opened {
+    state.metrics.upstream_errors.inc();
+    warn!(request_id = %ctx.request_id, error, "upstream unreachable");
+    ctx.outcome = "upstream_unavailable";
+    let r = Reject::UpstreamUnavailable;
+    Opened::Answered(respond(session, ctx, r.status(), r.body(), None).await)
+}
+
+/// Relays an open tunnel until it ends, then logs it.
+async fn run(
+    state: &AppState,
+    edge: &Edge,
+    session: ServerSession,
+    t: Tunnel,
+    mut ctx: RequestCtx,
+) {
+    let Tunnel {
+        upstream,
+        head,
+        rest,
+        method,
+        path,
+    } = t;
+    let Some(mut client) = into_stream(session) else {
+        return;
+    };
+    let written = timeout(HANDSHAKE_TIMEOUT, async {
+        client.write_all(&head).await?;
+        client.flush().await
+    })
+    .await;
+    if !matches!(written, Ok(Ok(()))) {
+        edge.finish_request(&method, &path, 0, &mut ctx);
+        return;
+    }
+    drop(head);
+    let m = &state.metrics;
+    m.websocket_active.inc();
+    let mut lease = state.tunnels.open(TunnelInfo {
+        user_id: ctx.user.as_ref().map_or(0, |u| u.id),
+        iat: None,
+        exp: None,
+        jti: None,
+        request_id: ctx.request_id.clone(),
+        opened_at: now_unix(),
+    });
+    if state.health.is_draining() {
+        state.tunnels.close_where(
+            |i| i.request_id == ctx.request_id,
+            CloseRequest::going_away(),
+        );
+    }
+    let ws = &state.config.websocket;
+    let config = RelayConfig {
+        to_upstream: Limits {
+            max_frame: ws.max_frame_bytes,
+            max_message: ws.max_message_bytes,
+        },
+        idle: state.websocket_idle_timeout(),
+    };
+    let counters = RelayCounters {
+        to_upstream: &m.tunnel_bytes_to_upstream,
+        to_client: &m.tunnel_bytes_to_client,
+    };
+    let end = match own_socket(client) {
+        Ok(client) => relay(client, upstream, &rest, &mut lease, config, counters).await,
+        Err(client) => relay(client, upstream, &rest, &mut lease, config, counters).await,
+    };
+    drop(lease);
+    m.websocket_active.dec();
+    let lifetime = ctx.started.elapsed();
+    m.tunnel_duration.observe(lifetime.as_secs_f64());
+    m.requests
+        .with_label_values(&[ctx.route.label(), "101"])
+        .inc();
+    let to_response = ctx.responded.unwrap_or(lifetime);
+    m.request_duration
+        .with_label_values(&[ctx.route.label()])
+        .observe(to_response.as_secs_f64());
+    edge.end(&mut ctx);
+    info!(
+        target: "access",
+        method = %method,
+        path,
+        status = 101u16,
+        outcome = ctx.outcome,
+        user_id = ctx.user.as_ref().map(|u| u.id),
+        client_ip = ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+        duration_ms = to_response.as_secs_f64() * 1000.0,
+        session_ms = lifetime.as_millis() as u64,
+        bytes_to_upstream = end.to_upstream,
+        bytes_to_client = end.to_client,
+        end = end.reason.label(),
+        request_id = %ctx.request_id,
+        "tunnel"
+    );
+}
+
+/// The client's TCP socket as a plain tokio socket, so an open tunnel keeps no pingora stream
+/// state (write buffer, digests) for its whole life: the descriptor is duplicated and pingora's
+/// stream dropped. Anything else (not TCP) stays as it is.
+fn own_socket(stream: pingora::protocols::Stream) -> Result<TcpStream, pingora::protocols::Stream> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let Some(l4) = stream
+        .as_any()
+        .downcast_ref::<pingora::protocols::l4::stream::Stream>()
+    else {
+        return Err(stream);
+    };
+    // SAFETY: dup() on a descriptor we hold open; the new descriptor is owned by the std socket.
+    let fd = unsafe { libc::dup(l4.as_raw_fd()) };
+    if fd < 0 {
+        return Err(stream);
+    }
+    // SAFETY: `fd` is a fresh, valid descriptor of a connected TCP socket, owned by nothing else.
+    let std_socket = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+    if std_socket.set_nonblocking(true).is_err() {
+        return Err(stream);
+    }
+    match TcpStream::from_std(std_socket) {
+        Ok(socket) => {
+            drop(stream);
+            Ok(socket)
+        }
+        Err(_) => Err(stream),
+    }
+}
+
+/// The handshake for the agent: hop-by-hop headers and any header the client named in
+/// `Connection` removed, then `Connection: Upgrade` and `Upgrade: websocket` (the only upgrade
+/// forwarded). The same policy pingora-proxy applies to the plain HTTP path.
+pub fn upgrade_request(req: &mut RequestHeader) -> pingora::Result<()> {
+    let nominated: Vec<String> = req
+        .headers
+        .get_all("connection")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty() && !matches!(t.as_str(), "host" | "upgrade" | "connection"))
+        .collect();
+    for name in nominated {
+        req.remove_header(&name);
+    }
+    for name in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "http2-settings",
+    ] {
+        req.remove_header(name);
+    }
+    req.insert_header("connection", "Upgrade")?;
+    req.insert_header("upgrade", "websocket")
+}
+
+/// Reads the agent's answer head: (head length, status, all bytes read so far).
+async fn read_response_head(upstream: &mut TcpStream) -> Result<(usize, u16, BytesMut), String> {
+    let mut bytes = BytesMut::with_capacity(1024);
+    loop {
+        match upstream.read_buf(&mut bytes).await {
+            Ok(0) => return Err("closed before answering".into()),
+            Ok(_) => {}
+            Err(e) => return Err(e.kind().to_string()),
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut resp = httparse::Response::new(&mut headers);
+        match resp.parse(&bytes) {
+            Ok(httparse::Status::Complete(n)) => {
+                let status = resp.code.unwrap_or(0);
+                return Ok((n, status, bytes));
+            }
+            Ok(httparse::Status::Partial) if bytes.len() < MAX_RESPONSE_HEAD => {}
+            Ok(httparse::Status::Partial) => return Err("answer head too large".into()),
+            Err(e) => return Err(format!("bad answer: {e}")),
+        }
+    }
+}
+
+/// The agent's answer head with the edge's `x-request-id` added before its end.
+fn with_request_id(head: &[u8], request_id: &str) -> Vec<u8> {
+    let end = if head.ends_with(b"\r\n\r\n") {
+        head.len() - 2
+    } else {
+        head.len() - 1
+    };
+    let mut out = Vec::with_capacity(head.len() + 20 + request_id.len());
+    out.extend_from_slice(&head[..end]);
+    out.extend_from_slice(b"x-request-id: ");
+    out.extend_from_slice(request_id.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&head[end..]);
+    out
+}
+
+/// A JSON answer from the edge; returns its status.
+async fn respond(
+    session: &mut ServerSession,
+    ctx: &mut RequestCtx,
+    status: u16,
+    body: Vec<u8>,
+    reject: Option<Reject>,
+) -> u16 {
+    let Ok(header) = json_response(status, body.len(), &ctx.request_id, reject) else {
+        return 0;
+    };
+    session.set_keepalive(None);
+    ctx.responded = Some(ctx.started.elapsed());
+    if session
+        .write_response_header(Box::new(header))
+        .await
+        .is_ok()
+    {
+        let _ = session.write_response_body(Bytes::from(body), true).await;
+    }
+    status
+}
+
+/// Ends the client's connection after an answer.
+async fn finish(session: ServerSession) {
+    let _ = timeout(Duration::from_secs(1), session.finish()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_upgrade_request_keeps_only_the_websocket_upgrade() {
+        let mut req = RequestHeader::build("GET", b"/ws/a", None).unwrap();
+        req.insert_header("connection", "keep-alive, Upgrade, X-Secret")
+            .unwrap();
+        req.insert_header("upgrade", "websocket").unwrap();
+        req.insert_header("x-secret", "s").unwrap();
+        req.insert_header("keep-alive", "timeout=5").unwrap();
+        req.insert_header("sec-websocket-key", "abc").unwrap();
+        upgrade_request(&mut req).unwrap();
+        assert!(req.headers.get("x-secret").is_none());
+        assert!(req.headers.get("keep-alive").is_none());
+        assert_eq!(req.headers.get("connection").unwrap(), "Upgrade");
+        assert_eq!(req.headers.get("upgrade").unwrap(), "websocket");
+        assert_eq!(req.headers.get("sec-websocket-key").unwrap(), "abc");
+    }
+
+    #[test]
+    fn the_request_id_goes_into_the_answer_head() {
+        let head = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n";
+        let out = with_request_id(head, "r-1");
+        assert_eq!(
+            out,
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nx-request-id: r-1\r\n\r\n"
+        );
+    }
+}
