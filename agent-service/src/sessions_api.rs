@@ -99,13 +99,10 @@ pub async fn get(
     if !valid_id(&id) {
         return not_found();
     }
-    let (session, messages) = match (
-        state.store.session(me.user_id, &id).await,
-        state.store.messages(me.user_id, &id).await,
-    ) {
-        (Ok(Some(s)), Ok(Some(m))) => (s, m),
-        (Ok(_), Ok(_)) => return not_found(),
-        (Err(e), _) | (_, Err(e)) => return unavailable(e),
+    let (session, messages) = match state.store.transcript(me.user_id, &id).await {
+        Ok(Some(found)) => found,
+        Ok(None) => return not_found(),
+        Err(e) => return unavailable(e),
     };
     let mut v = serde_json::to_value(session).unwrap_or_default();
     v["messages"] = serde_json::to_value(messages).unwrap_or_default();

@@ -1,17 +1,14 @@
-//! Chat sessions and their messages, stored with sqlx in the agent's own database
+//! Chat sessions and their messages, stored through the `db` layer in the agent's own database
 //! (`AGENT_STORE_URL`: SQLite by default, or PostgreSQL), migrated at start. Every query is scoped
 //! by user id, so another user's session is indistinguishable from a missing one.
 //!
 //! Durability: a write returns only once committed (SQLite in WAL mode with `synchronous=FULL`), and
 //! callers acknowledge a message to the client only after its write returned.
 
-use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use db::with_pool;
 use serde::Serialize;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{PgPool, SqlitePool};
 
 use crate::llm::{ChatMessage, Role};
 
@@ -20,10 +17,11 @@ pub const MAX_TITLE_CHARS: usize = 60;
 /// Messages fed back to the agent as context.
 pub const CONTEXT_MESSAGES: i64 = 20;
 
+/// The chat store on its pool (SQLite or PostgreSQL, through the `db` layer). SQL text is written
+/// once, with `$N` placeholders, for both engines.
 #[derive(Clone)]
-pub enum Store {
-    Sqlite(SqlitePool),
-    Postgres(PgPool),
+pub struct Store {
+    pool: db::Pool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -48,12 +46,12 @@ pub struct StoreError(String);
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
-        StoreError(e.to_string())
+        StoreError(db::Error::from(e).to_string())
     }
 }
 
-impl From<sqlx::migrate::MigrateError> for StoreError {
-    fn from(e: sqlx::migrate::MigrateError) -> Self {
+impl From<db::Error> for StoreError {
+    fn from(e: db::Error) -> Self {
         StoreError(e.to_string())
     }
 }
@@ -78,52 +76,33 @@ pub fn make_title(text: &str) -> Option<String> {
     (!t.is_empty()).then_some(t)
 }
 
-/// `$1` placeholders for PostgreSQL, `?1` for SQLite.
-fn sql(store: &Store, q: &str) -> String {
-    match store {
-        Store::Sqlite(_) => crate::newsnexus::sqlite_placeholders(q),
-        Store::Postgres(_) => q.to_string(),
+/// The columns of a session summary, selected from `chat_sessions s`.
+const SESSION_COLUMNS: &str = "SELECT s.id, s.title, s.created_at, s.updated_at, \
+     (SELECT COUNT(*) FROM chat_messages m WHERE m.session_id = s.id) FROM chat_sessions s";
+
+/// One row of [`SESSION_COLUMNS`].
+type SessionRow = (String, Option<String>, i64, i64, i64);
+
+fn summary((id, title, created, updated, message_count): SessionRow) -> SessionSummary {
+    SessionSummary {
+        id,
+        title,
+        created: rfc3339(created),
+        updated: rfc3339(updated),
+        message_count,
     }
 }
 
-macro_rules! on_pool {
-    ($store:expr, $pool:ident => $body:expr) => {
-        match $store {
-            Store::Sqlite($pool) => $body,
-            Store::Postgres($pool) => $body,
-        }
-    };
-}
-
 impl Store {
-    /// Opens (creating an SQLite file if needed) and migrates.
+    /// Opens (creating an SQLite file if needed) and migrates; several instances may start at once.
     pub async fn open(url: &str) -> Result<Store, StoreError> {
-        let store = if url.starts_with("sqlite:") {
-            let opts = SqliteConnectOptions::from_str(url)?
-                .create_if_missing(true)
-                .journal_mode(SqliteJournalMode::Wal)
-                .synchronous(SqliteSynchronous::Full)
-                .foreign_keys(true);
-            Store::Sqlite(
-                SqlitePoolOptions::new()
-                    .max_connections(4)
-                    .connect_with(opts)
-                    .await?,
-            )
-        } else {
-            let opts = PgConnectOptions::from_str(url)?.application_name("agent-service-store");
-            Store::Postgres(
-                PgPoolOptions::new()
-                    .max_connections(4)
-                    .connect_with(opts)
-                    .await?,
-            )
-        };
-        match &store {
-            Store::Sqlite(p) => sqlx::migrate!("migrations/sqlite").run(p).await?,
-            Store::Postgres(p) => sqlx::migrate!("migrations/postgres").run(p).await?,
-        }
-        Ok(store)
+        let pool = db::Pool::connect(url, &db::Options::read_write("agent-service-store")).await?;
+        pool.migrate(&db::Migrations {
+            sqlite: sqlx::migrate!("migrations/sqlite"),
+            postgres: sqlx::migrate!("migrations/postgres"),
+        })
+        .await?;
+        Ok(Store { pool })
     }
 
     pub async fn create_session(
@@ -134,8 +113,8 @@ impl Store {
         let id = uuid::Uuid::new_v4().to_string();
         let now = now_ms();
         let title = title.and_then(make_title);
-        let q = sql(self, "INSERT INTO chat_sessions (id, user_id, title, created_at, updated_at) VALUES ($1, $2, $3, $4, $4)");
-        on_pool!(self, p => sqlx::query(&q).bind(&id).bind(user_id).bind(&title).bind(now).execute(p).await.map(|_| ()))?;
+        let q = "INSERT INTO chat_sessions (id, user_id, title, created_at, updated_at) VALUES ($1, $2, $3, $4, $4)";
+        with_pool!(&self.pool, p => sqlx::query(q).bind(&id).bind(user_id).bind(&title).bind(now).execute(p).await.map(|_| ()))?;
         Ok(SessionSummary {
             id,
             title,
@@ -149,34 +128,20 @@ impl Store {
     /// first message, so connecting alone leaves no empty sessions behind).
     pub async fn ensure_session(&self, user_id: i64, id: &str) -> Result<(), StoreError> {
         let now = now_ms();
-        let q = sql(
-            self,
-            "INSERT INTO chat_sessions (id, user_id, title, created_at, updated_at) VALUES ($1, $2, NULL, $3, $3) \
-             ON CONFLICT (id) DO NOTHING",
-        );
-        on_pool!(self, p => sqlx::query(&q).bind(id).bind(user_id).bind(now).execute(p).await.map(|_| ()))?;
+        let q = "INSERT INTO chat_sessions (id, user_id, title, created_at, updated_at) VALUES ($1, $2, NULL, $3, $3) \
+             ON CONFLICT (id) DO NOTHING";
+        with_pool!(&self.pool, p => sqlx::query(q).bind(id).bind(user_id).bind(now).execute(p).await.map(|_| ()))?;
         Ok(())
     }
 
     /// The user's sessions, most recently updated first.
     pub async fn list_sessions(&self, user_id: i64) -> Result<Vec<SessionSummary>, StoreError> {
-        let q = sql(
-            self,
-            "SELECT s.id, s.title, s.created_at, s.updated_at, (SELECT COUNT(*) FROM chat_messages m WHERE m.session_id = s.id) \
-             FROM chat_sessions s WHERE s.user_id = $1 ORDER BY s.updated_at DESC, s.created_at DESC",
+        let q = format!(
+            "{SESSION_COLUMNS} WHERE s.user_id = $1 ORDER BY s.updated_at DESC, s.created_at DESC"
         );
-        let rows: Vec<(String, Option<String>, i64, i64, i64)> =
-            on_pool!(self, p => sqlx::query_as(&q).bind(user_id).fetch_all(p).await)?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, title, c, u, n)| SessionSummary {
-                id,
-                title,
-                created: rfc3339(c),
-                updated: rfc3339(u),
-                message_count: n,
-            })
-            .collect())
+        let rows: Vec<SessionRow> =
+            with_pool!(&self.pool, p => sqlx::query_as(&q).bind(user_id).fetch_all(p).await)?;
+        Ok(rows.into_iter().map(summary).collect())
     }
 
     /// One of the user's sessions; `None` when missing or another user's.
@@ -185,69 +150,40 @@ impl Store {
         user_id: i64,
         id: &str,
     ) -> Result<Option<SessionSummary>, StoreError> {
-        Ok(self
-            .list_sessions_filtered(user_id, id)
-            .await?
-            .into_iter()
-            .next())
+        let q = format!("{SESSION_COLUMNS} WHERE s.user_id = $1 AND s.id = $2");
+        let row: Option<SessionRow> = with_pool!(&self.pool, p => sqlx::query_as(&q).bind(user_id).bind(id).fetch_optional(p).await)?;
+        Ok(row.map(summary))
     }
 
-    async fn list_sessions_filtered(
+    /// One of the user's sessions with its messages, oldest first; `None` when missing or another
+    /// user's.
+    pub async fn transcript(
         &self,
         user_id: i64,
         id: &str,
-    ) -> Result<Vec<SessionSummary>, StoreError> {
-        let q = sql(
-            self,
-            "SELECT s.id, s.title, s.created_at, s.updated_at, (SELECT COUNT(*) FROM chat_messages m WHERE m.session_id = s.id) \
-             FROM chat_sessions s WHERE s.user_id = $1 AND s.id = $2",
-        );
-        let rows: Vec<(String, Option<String>, i64, i64, i64)> =
-            on_pool!(self, p => sqlx::query_as(&q).bind(user_id).bind(id).fetch_all(p).await)?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, title, c, u, n)| SessionSummary {
-                id,
-                title,
-                created: rfc3339(c),
-                updated: rfc3339(u),
-                message_count: n,
-            })
-            .collect())
-    }
-
-    pub async fn messages(
-        &self,
-        user_id: i64,
-        id: &str,
-    ) -> Result<Option<Vec<StoredMessage>>, StoreError> {
-        if self.session(user_id, id).await?.is_none() {
+    ) -> Result<Option<(SessionSummary, Vec<StoredMessage>)>, StoreError> {
+        let Some(session) = self.session(user_id, id).await? else {
             return Ok(None);
-        }
-        let q = sql(
-            self,
-            "SELECT role, content, created_at FROM chat_messages WHERE session_id = $1 ORDER BY id",
-        );
+        };
+        let q =
+            "SELECT role, content, created_at FROM chat_messages WHERE session_id = $1 ORDER BY id";
         let rows: Vec<(String, String, i64)> =
-            on_pool!(self, p => sqlx::query_as(&q).bind(id).fetch_all(p).await)?;
-        Ok(Some(
-            rows.into_iter()
-                .map(|(role, content, c)| StoredMessage {
-                    role,
-                    content,
-                    created: rfc3339(c),
-                })
-                .collect(),
-        ))
+            with_pool!(&self.pool, p => sqlx::query_as(q).bind(id).fetch_all(p).await)?;
+        let messages = rows
+            .into_iter()
+            .map(|(role, content, c)| StoredMessage {
+                role,
+                content,
+                created: rfc3339(c),
+            })
+            .collect();
+        Ok(Some((session, messages)))
     }
 
     /// Deletes a session with its messages; false when missing or another user's.
     pub async fn delete_session(&self, user_id: i64, id: &str) -> Result<bool, StoreError> {
-        let q = sql(
-            self,
-            "DELETE FROM chat_sessions WHERE user_id = $1 AND id = $2",
-        );
-        let done = on_pool!(self, p => sqlx::query(&q).bind(user_id).bind(id).execute(p).await.map(|r| r.rows_affected()))?;
+        let q = "DELETE FROM chat_sessions WHERE user_id = $1 AND id = $2";
+        let done = with_pool!(&self.pool, p => sqlx::query(q).bind(user_id).bind(id).execute(p).await.map(|r| r.rows_affected()))?;
         Ok(done > 0)
     }
 
@@ -260,26 +196,20 @@ impl Store {
         content: &str,
     ) -> Result<bool, StoreError> {
         let now = now_ms();
-        let insert = sql(self, "INSERT INTO chat_messages (session_id, role, content, in_context, created_at) VALUES ($1, $2, $3, 1, $4)");
-        let touch = sql(
-            self,
-            "UPDATE chat_sessions SET updated_at = $2 WHERE id = $1",
-        );
-        let name = sql(
-            self,
-            "UPDATE chat_sessions SET title = $2 WHERE id = $1 AND title IS NULL",
-        );
+        let insert = "INSERT INTO chat_messages (session_id, role, content, in_context, created_at) VALUES ($1, $2, $3, 1, $4)";
+        let touch = "UPDATE chat_sessions SET updated_at = $2 WHERE id = $1";
+        let name = "UPDATE chat_sessions SET title = $2 WHERE id = $1 AND title IS NULL";
         let title = if role == "user" {
             make_title(content)
         } else {
             None
         };
-        let named = on_pool!(self, p => {
+        let named = with_pool!(&self.pool, p => {
             let mut tx = p.begin().await?;
-            sqlx::query(&insert).bind(session_id).bind(role).bind(content).bind(now).execute(&mut *tx).await?;
-            sqlx::query(&touch).bind(session_id).bind(now).execute(&mut *tx).await?;
+            sqlx::query(insert).bind(session_id).bind(role).bind(content).bind(now).execute(&mut *tx).await?;
+            sqlx::query(touch).bind(session_id).bind(now).execute(&mut *tx).await?;
             let named = match &title {
-                Some(t) => sqlx::query(&name).bind(session_id).bind(t).execute(&mut *tx).await?.rows_affected() > 0,
+                Some(t) => sqlx::query(name).bind(session_id).bind(t).execute(&mut *tx).await?.rows_affected() > 0,
                 None => false,
             };
             tx.commit().await?;
@@ -290,12 +220,9 @@ impl Store {
 
     /// The messages still in the agent's context (after the last `clear_history`), oldest first.
     pub async fn context(&self, session_id: &str) -> Result<Vec<ChatMessage>, StoreError> {
-        let q = sql(
-            self,
-            "SELECT role, content FROM (SELECT id, role, content FROM chat_messages WHERE session_id = $1 AND in_context = 1 \
-             ORDER BY id DESC LIMIT $2) recent ORDER BY id",
-        );
-        let rows: Vec<(String, String)> = on_pool!(self, p => sqlx::query_as(&q).bind(session_id).bind(CONTEXT_MESSAGES).fetch_all(p).await)?;
+        let q = "SELECT role, content FROM (SELECT id, role, content FROM chat_messages WHERE session_id = $1 AND in_context = 1 \
+             ORDER BY id DESC LIMIT $2) recent ORDER BY id";
+        let rows: Vec<(String, String)> = with_pool!(&self.pool, p => sqlx::query_as(q).bind(session_id).bind(CONTEXT_MESSAGES).fetch_all(p).await)?;
         Ok(rows
             .into_iter()
             .map(|(role, content)| {
@@ -313,11 +240,8 @@ impl Store {
 
     /// Takes every message so far out of the agent's context (the transcript is kept).
     pub async fn clear_context(&self, session_id: &str) -> Result<(), StoreError> {
-        let q = sql(
-            self,
-            "UPDATE chat_messages SET in_context = 0 WHERE session_id = $1",
-        );
-        on_pool!(self, p => sqlx::query(&q).bind(session_id).execute(p).await.map(|_| ()))?;
+        let q = "UPDATE chat_messages SET in_context = 0 WHERE session_id = $1";
+        with_pool!(&self.pool, p => sqlx::query(q).bind(session_id).execute(p).await.map(|_| ()))?;
         Ok(())
     }
 }
