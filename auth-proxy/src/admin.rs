@@ -1,6 +1,7 @@
 //! The admin listener: `/metrics` (Prometheus text), `/healthz` (the process is alive) and
-//! `/readyz` (the database and the upstream answer, and the proxy is not draining). Kept on its own
-//! port so it is never exposed through the public Service.
+//! `/readyz` (the database, the state store and the upstream answer, and the proxy is not
+//! draining), and the admin API under `/admin/` ([`crate::admin_api`], only when an admin token is
+//! set). Kept on its own port so it is never exposed through the public Service.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,7 +40,11 @@ fn respond(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> 
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let health = &self.state.health;
-        match session.req_header().uri.path() {
+        let path = session.req_header().uri.path();
+        if crate::admin_api::owns(path) && !self.state.config.admin_token.is_empty() {
+            return crate::admin_api::serve(&self.state, session).await;
+        }
+        match path {
             "/metrics" => respond(
                 200,
                 "text/plain; version=0.0.4",
@@ -52,6 +57,7 @@ impl ServeHttp for AdminApp {
                     "ready": ready,
                     "database": health.database(),
                     "upstream": health.upstream(),
+                    "state_store": health.state_store(),
                     "draining": health.is_draining(),
                 });
                 respond(

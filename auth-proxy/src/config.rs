@@ -42,6 +42,49 @@ pub struct Config {
     pub connections: crate::admission::ConnectionsConfig,
     /// WebSocket tunnel limits (see [`crate::tunnel`]).
     pub websocket: crate::tunnel::WebSocketConfig,
+    /// Where the edge keeps its own files (the default state store). `AUTH_PROXY_DATA_DIR`.
+    pub data_dir: String,
+    /// Enables the admin API (`/admin/...` on the admin listener) when set. `AUTH_PROXY_ADMIN_TOKEN`.
+    pub admin_token: String,
+    pub live: LiveConfig,
+}
+
+/// Live authorization: the state store and how often decisions are re-checked.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LiveConfig {
+    /// `AUTH_PROXY_STATE_URL`: `postgres://...` for several replicas, `sqlite://PATH` for one host;
+    /// empty: `sqlite://<data_dir>/auth-proxy-state.db`.
+    pub state_url: String,
+    /// How often the users with open tunnels are re-checked against the Users table.
+    pub recheck_secs: u64,
+    /// How often the state store is re-read (catch-up for missed notifications, and the only
+    /// channel on SQLite).
+    pub poll_secs: u64,
+}
+
+impl Default for LiveConfig {
+    fn default() -> Self {
+        LiveConfig {
+            state_url: String::new(),
+            recheck_secs: 60,
+            poll_secs: 2,
+        }
+    }
+}
+
+/// A verification key selected by the token's `kid`, bound to one algorithm family.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeyConfig {
+    pub kid: String,
+    /// An algorithm of the key's family (e.g. HS256, RS256, ES256); tokens for this key must use an
+    /// algorithm of the same family that is also in `jwt.algorithms`.
+    pub algorithm: String,
+    /// The HMAC secret (HS family).
+    pub secret: String,
+    /// A PEM public key file (RS/PS, ES, EdDSA families).
+    pub public_key_file: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -55,6 +98,12 @@ pub struct JwtConfig {
     pub max_token_age_secs: u64,
     pub user_id_claim: String,
     pub allow_weak_secret: bool,
+    /// Keys selected by `kid` (reloaded on SIGHUP).
+    pub keys: Vec<KeyConfig>,
+    /// A JWKS endpoint (HTTP or HTTPS) whose keys are selected by `kid`.
+    pub jwks_url: String,
+    /// The shortest time between two JWKS fetches (an unknown `kid` cannot cause more).
+    pub jwks_min_refresh_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -123,6 +172,9 @@ impl Default for Config {
             log: LogConfig::default(),
             connections: Default::default(),
             websocket: Default::default(),
+            data_dir: "./data".into(),
+            admin_token: String::new(),
+            live: LiveConfig::default(),
         }
     }
 }
@@ -138,6 +190,9 @@ impl Default for JwtConfig {
             max_token_age_secs: 0,
             user_id_claim: "id".into(),
             allow_weak_secret: false,
+            keys: Vec::new(),
+            jwks_url: String::new(),
+            jwks_min_refresh_secs: 30,
         }
     }
 }
@@ -192,13 +247,16 @@ fn err(setting: &str, problem: impl Into<String>) -> ConfigError {
 }
 
 /// The environment variables that override the file, and the setting each one sets.
-pub const ENV_OVERRIDES: [(&str, &str); 6] = [
+pub const ENV_OVERRIDES: [(&str, &str); 9] = [
     ("JWT_SECRET", "jwt.secret"),
     ("DATABASE_URL", "users.database_url"),
     ("AUTH_PROXY_LISTEN", "listen"),
     ("AUTH_PROXY_ADMIN_LISTEN", "admin_listen"),
     ("AUTH_PROXY_UPSTREAM", "upstream"),
     ("IDENTITY_SECRET", "identity.secret"),
+    ("AUTH_PROXY_DATA_DIR", "data_dir"),
+    ("AUTH_PROXY_ADMIN_TOKEN", "admin_token"),
+    ("AUTH_PROXY_STATE_URL", "live.state_url"),
 ];
 
 impl Config {
@@ -244,6 +302,15 @@ impl Config {
         if let Some(v) = get("IDENTITY_SECRET") {
             self.identity.secret = v;
         }
+        if let Some(v) = get("AUTH_PROXY_DATA_DIR") {
+            self.data_dir = v;
+        }
+        if let Some(v) = get("AUTH_PROXY_ADMIN_TOKEN") {
+            self.admin_token = v;
+        }
+        if let Some(v) = get("AUTH_PROXY_STATE_URL") {
+            self.live.state_url = v;
+        }
     }
 
     /// Checks every setting; the first problem found is returned.
@@ -282,6 +349,7 @@ impl Config {
         self.validate_jwt()?;
         self.validate_users()?;
         self.validate_identity()?;
+        self.validate_live()?;
         if self.throttle.failures_per_minute == 0 {
             return Err(err("throttle.failures_per_minute", "must be at least 1"));
         }
@@ -308,7 +376,8 @@ impl Config {
         let uses_pem = algs
             .iter()
             .any(|a| crate::jwt::family(*a) != crate::jwt::Family::Hmac);
-        if uses_hmac {
+        let keyed = !self.jwt.keys.is_empty() || !self.jwt.jwks_url.is_empty();
+        if uses_hmac && !(keyed && self.jwt.secret.is_empty()) {
             let len = self.jwt.secret.len();
             if len == 0 {
                 return Err(err(
@@ -325,7 +394,7 @@ impl Config {
                 ));
             }
         }
-        if uses_pem && self.jwt.public_key_file.is_empty() {
+        if uses_pem && !keyed && self.jwt.public_key_file.is_empty() {
             return Err(err(
                 "jwt.public_key_file",
                 "is required for RS/ES/PS algorithms",
@@ -334,7 +403,62 @@ impl Config {
         if self.jwt.user_id_claim.is_empty() {
             return Err(err("jwt.user_id_claim", "must not be empty"));
         }
+        let url = &self.jwt.jwks_url;
+        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(err("jwt.jwks_url", "must be an http:// or https:// URL"));
+        }
+        if self.jwt.jwks_min_refresh_secs == 0 {
+            return Err(err("jwt.jwks_min_refresh_secs", "must be at least 1"));
+        }
+        let mut kids = std::collections::HashSet::new();
+        for k in &self.jwt.keys {
+            crate::keys::check_key_config(k, &algs, self.jwt.allow_weak_secret)
+                .map_err(|p| err("jwt.keys", format!("kid {:?}: {p}", k.kid)))?;
+            if !kids.insert(k.kid.as_str()) {
+                return Err(err("jwt.keys", format!("kid {:?} appears twice", k.kid)));
+            }
+        }
         Ok(())
+    }
+
+    fn validate_live(&self) -> Result<(), ConfigError> {
+        let t = &self.admin_token;
+        if !t.is_empty() && t.len() < MIN_SECRET_BYTES {
+            return Err(err(
+                "admin_token (AUTH_PROXY_ADMIN_TOKEN)",
+                format!(
+                    "must be at least {MIN_SECRET_BYTES} bytes (got {})",
+                    t.len()
+                ),
+            ));
+        }
+        let url = &self.live.state_url;
+        if !(url.is_empty() || url.starts_with("sqlite:") || crate::state_store::is_postgres(url)) {
+            return Err(err(
+                "live.state_url (AUTH_PROXY_STATE_URL)",
+                "must start with sqlite:, postgres:// or postgresql://",
+            ));
+        }
+        if url.is_empty() && self.data_dir.is_empty() {
+            return Err(err("data_dir (AUTH_PROXY_DATA_DIR)", "must not be empty"));
+        }
+        if self.live.recheck_secs == 0 {
+            return Err(err("live.recheck_secs", "must be at least 1"));
+        }
+        if self.live.poll_secs == 0 {
+            return Err(err("live.poll_secs", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The state store's URL: `live.state_url`, or a SQLite file under `data_dir`.
+    pub fn state_url(&self) -> String {
+        if self.live.state_url.is_empty() {
+            let path = std::path::Path::new(&self.data_dir).join("auth-proxy-state.db");
+            format!("sqlite://{}", path.display())
+        } else {
+            self.live.state_url.clone()
+        }
     }
 
     fn validate_users(&self) -> Result<(), ConfigError> {

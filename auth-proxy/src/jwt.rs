@@ -1,5 +1,5 @@
-//! Verifying a token: the algorithm allowlist, keys bound to their algorithm family, the signature
-//! (by `jsonwebtoken`), then the claim checks this edge owns: `exp`, `nbf` and `iat` with a leeway,
+//! Verifying a token: the algorithm allowlist, the key for its `kid` bound to its algorithm family
+//! ([`crate::keys`], [`crate::jwks`]), the signature (by `jsonwebtoken`), then the claim checks this edge owns: `exp`, `nbf` and `iat` with a leeway,
 //! the optional `require_exp` and `max_token_age`, and the user id claim.
 //!
 //! Tokens minted by the News Nexus API (`{id, iat}`, HS256, no `exp`) pass with the defaults. The
@@ -7,11 +7,16 @@
 //! it cannot parse as an unsigned integer (a string or float `exp` must be refused, not skipped).
 
 use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::{Algorithm, Validation};
 use serde_json::{Map, Value};
 
 use crate::config::Config;
+use crate::jwks::Jwks;
+use crate::keys::{select, KeyProblem, KeyRing};
+use crate::revocations::TokenFacts;
 
 /// Algorithm families; a key serves one family only, so an HS token can never be checked with an
 /// RSA public key used as an HMAC secret (or the reverse).
@@ -39,6 +44,10 @@ pub enum JwtError {
     Invalid(&'static str),
     Expired,
     NotYetValid,
+    /// The token names a `kid` no key has.
+    UnknownKid,
+    /// The token needs the JWKS set, which could not be fetched yet.
+    KeysUnavailable,
 }
 
 /// The time rules, from config.
@@ -50,73 +59,129 @@ pub struct TimePolicy {
     pub max_token_age_secs: u64,
 }
 
-/// Verifies tokens with the configured algorithms and keys.
+/// Verifies tokens with the configured keys ([`crate::keys`]) and, when configured, the JWKS set.
+/// The static keys can be swapped at run time ([`JwtVerifier::reload`], on SIGHUP).
 pub struct JwtVerifier {
-    keys: Vec<(Algorithm, DecodingKey)>,
+    ring: RwLock<Arc<KeyRing>>,
+    jwks: Option<Jwks>,
     policy: TimePolicy,
     id_claim: String,
 }
 
 impl JwtVerifier {
-    /// Builds the verifier; fails (naming the setting) if a PEM key cannot be read.
+    /// Builds the verifier; fails (naming the setting) if a key cannot be read.
     pub fn from_config(config: &Config) -> Result<Self, crate::config::ConfigError> {
-        let algorithms = config.algorithms()?;
-        let pem = if algorithms.iter().any(|a| family(*a) != Family::Hmac) {
-            Some(std::fs::read(&config.jwt.public_key_file).map_err(|e| {
-                crate::config::ConfigError {
-                    setting: "jwt.public_key_file".into(),
-                    problem: format!("cannot read {}: {e}", config.jwt.public_key_file),
-                }
-            })?)
-        } else {
-            None
-        };
-        let mut keys = Vec::new();
-        for alg in algorithms {
-            let key = match family(alg) {
-                Family::Hmac => Ok(DecodingKey::from_secret(config.jwt.secret.as_bytes())),
-                Family::Rsa => DecodingKey::from_rsa_pem(pem.as_deref().unwrap_or_default()),
-                Family::Ec => DecodingKey::from_ec_pem(pem.as_deref().unwrap_or_default()),
-                Family::Ed => DecodingKey::from_ed_pem(pem.as_deref().unwrap_or_default()),
-            }
-            .map_err(|e| crate::config::ConfigError {
-                setting: "jwt.public_key_file".into(),
-                problem: format!("not a PEM public key for {alg:?}: {e}"),
-            })?;
-            keys.push((alg, key));
-        }
         let policy = TimePolicy {
             leeway_secs: config.jwt.leeway_secs,
             require_exp: config.jwt.require_exp,
             max_token_age_secs: config.jwt.max_token_age_secs,
         };
         Ok(JwtVerifier {
-            keys,
+            ring: RwLock::new(Arc::new(KeyRing::from_config(config)?)),
+            jwks: (!config.jwt.jwks_url.is_empty()).then(|| {
+                Jwks::new(
+                    &config.jwt.jwks_url,
+                    Duration::from_secs(config.jwt.jwks_min_refresh_secs),
+                )
+            }),
             policy,
             id_claim: config.jwt.user_id_claim.clone(),
         })
     }
 
-    /// The user id a valid token names, checked at `now` (unix seconds).
-    pub fn verify(&self, token: &str, now: u64) -> Result<i64, JwtError> {
+    /// Replaces the static keys with those of `config` (the JWKS set is kept).
+    pub fn reload(&self, config: &Config) -> Result<(), crate::config::ConfigError> {
+        let ring = Arc::new(KeyRing::from_config(config)?);
+        if let Ok(mut r) = self.ring.write() {
+            *r = ring;
+        }
+        Ok(())
+    }
+
+    pub fn jwks(&self) -> Option<&Jwks> {
+        self.jwks.as_ref()
+    }
+
+    fn ring(&self) -> Arc<KeyRing> {
+        match self.ring.read() {
+            Ok(r) => r.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The facts of a valid token (user id, `iat`, `exp`, `jti`), checked at `now` (unix seconds),
+    /// with the keys known now.
+    pub fn verify(&self, token: &str, now: u64) -> Result<TokenFacts, JwtError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| JwtError::Invalid("malformed token or header"))?;
-        let Some((alg, key)) = self.keys.iter().find(|(a, _)| *a == header.alg) else {
-            return Err(JwtError::Invalid("algorithm not allowed"));
-        };
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, &signature_only(*alg))
-            .map_err(|e| {
-                use jsonwebtoken::errors::ErrorKind::*;
-                JwtError::Invalid(match e.kind() {
-                    InvalidSignature => "bad signature",
-                    InvalidAlgorithm => "algorithm not allowed",
-                    Base64(_) => "bad base64",
-                    Json(_) | Utf8(_) => "claims are not a JSON object",
-                    _ => "malformed token",
+        let ring = self.ring();
+        let jwks = self.jwks.as_ref().map(Jwks::keys);
+        let key = match select(
+            &ring,
+            jwks.as_ref().and_then(|k| k.as_deref()),
+            header.alg,
+            header.kid.as_deref(),
+        ) {
+            Ok(key) => key,
+            Err(KeyProblem::AlgorithmNotAllowed) => {
+                return Err(JwtError::Invalid("algorithm not allowed"))
+            }
+            Err(KeyProblem::NoKid) => return Err(JwtError::Invalid("no kid")),
+            Err(KeyProblem::UnknownKid) => {
+                return Err(match jwks {
+                    Some(None) => JwtError::KeysUnavailable,
+                    _ => JwtError::UnknownKid,
                 })
-            })?;
+            }
+        };
+        let data =
+            jsonwebtoken::decode::<Map<String, Value>>(token, key, &signature_only(header.alg))
+                .map_err(|e| {
+                    use jsonwebtoken::errors::ErrorKind::*;
+                    JwtError::Invalid(match e.kind() {
+                        InvalidSignature => "bad signature",
+                        InvalidAlgorithm => "algorithm not allowed",
+                        Base64(_) => "bad base64",
+                        Json(_) | Utf8(_) => "claims are not a JSON object",
+                        _ => "malformed token",
+                    })
+                })?;
         check_times(&data.claims, now, &self.policy)?;
-        user_id(&data.claims, &self.id_claim).ok_or(JwtError::Invalid("no valid user id claim"))
+        let user_id = user_id(&data.claims, &self.id_claim)
+            .ok_or(JwtError::Invalid("no valid user id claim"))?;
+        Ok(facts(&data.claims, user_id))
+    }
+
+    /// [`JwtVerifier::verify`], refetching the JWKS set once when the token names an unknown
+    /// `kid` (at most one fetch per 30 s, see [`crate::jwks`]).
+    pub async fn verify_fetching(&self, token: &str, now: u64) -> Result<TokenFacts, JwtError> {
+        match self.verify(token, now) {
+            Err(JwtError::UnknownKid | JwtError::KeysUnavailable) if self.jwks.is_some() => {
+                let jwks = self.jwks.as_ref().expect("checked");
+                jwks.refresh_for_unknown_kid().await;
+                self.verify(token, now)
+            }
+            other => other,
+        }
+    }
+}
+
+/// The claims a revocation or a tunnel timer needs (time claims already checked as numbers).
+fn facts(claims: &Map<String, Value>, user_id: i64) -> TokenFacts {
+    let time = |name| {
+        time_claim(claims, name)
+            .ok()
+            .flatten()
+            .map(|t| t.floor().min(i64::MAX as f64) as i64)
+    };
+    TokenFacts {
+        user_id,
+        iat: time("iat"),
+        exp: time("exp"),
+        jti: claims
+            .get("jti")
+            .and_then(Value::as_str)
+            .map(str::to_string),
     }
 }
 

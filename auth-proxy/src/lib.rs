@@ -6,18 +6,24 @@
 
 pub mod admin;
 pub mod admission;
+pub mod admin_api;
 pub mod config;
 pub mod connection;
 pub mod headers;
+pub mod jwks;
 pub mod jwt;
+pub mod keys;
+pub mod live;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod reject;
 pub mod relay;
+pub mod revocations;
 pub mod routes;
 pub mod server;
 pub mod state;
+pub mod state_store;
 pub mod throttle;
 pub mod token;
 pub mod tunnel;

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use auth_proxy::config::Config;
+use auth_proxy::revocations::RevocationRequest;
 use clap::{Parser, Subcommand};
 
 /// jemalloc, as pingora runs in production: under handshake churn glibc's malloc was a sixth of the
@@ -38,12 +39,31 @@ enum Command {
         #[arg(long)]
         user_id: i64,
     },
+    /// Revoke tokens in the state store (`AUTH_PROXY_STATE_URL`): every running replica refuses
+    /// them and closes their tunnels. Give exactly one of --user, --jti, --all.
+    Revoke {
+        /// The tokens of this user issued until now.
+        #[arg(long, conflicts_with_all = ["jti", "all"], required_unless_present_any = ["jti", "all"])]
+        user: Option<i64>,
+        /// The token with this `jti`.
+        #[arg(long, conflicts_with = "all")]
+        jti: Option<String>,
+        /// Every token issued until now (a leaked signing key).
+        #[arg(long)]
+        all: bool,
+        /// Why, for the record.
+        #[arg(long)]
+        reason: Option<String>,
+        /// The revoked token's `exp` (unix seconds), so the record is purged after it.
+        #[arg(long)]
+        expires_at: Option<i64>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let env = |name: &str| std::env::var(name).ok();
-    let config = match Config::load(cli.config, &env) {
+    let config = match Config::load(cli.config.clone(), &env) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
@@ -59,9 +79,25 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::MintToken { user_id } => mint(&config, user_id),
+        Command::Revoke {
+            user,
+            jti,
+            all,
+            reason,
+            expires_at,
+        } => revoke(
+            &config,
+            RevocationRequest {
+                user_id: user,
+                jti,
+                all,
+                reason,
+                expires_at,
+            },
+        ),
         Command::Run => {
             auth_proxy::logging::init(config.log.format);
-            match auth_proxy::server::run(config) {
+            match auth_proxy::server::run(config, cli.config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");
@@ -69,6 +105,48 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+fn revoke(config: &Config, request: RevocationRequest) -> ExitCode {
+    let new = match request.into_new(auth_proxy::state::now_unix() as i64) {
+        Ok(n) => n,
+        Err(problem) => {
+            eprintln!("{problem}");
+            return ExitCode::from(2);
+        }
+    };
+    let url = config.state_url();
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| {
+            rt.block_on(async {
+                let live = auth_proxy::live::Live::new(config);
+                let store = live.store().await.map_err(|e| e.to_string())?;
+                store.insert(&new).await.map_err(|e| e.to_string())
+            })
+        });
+    match result {
+        Ok(record) => {
+            println!("{}", serde_json::json!(record));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cannot store the revocation in {}: {e}", redact(&url));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://…@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_string(),
     }
 }
 

@@ -33,6 +33,10 @@ pub struct Metrics {
     pub connections_refused: IntCounterVec,
     /// Request heads that did not arrive within the header deadline.
     pub header_timeouts: IntCounter,
+    /// Open tunnels closed by the edge, by `reason` (token_revoked, token_expired, user_removed).
+    pub tunnels_closed: IntCounterVec,
+    /// Revocations that came into force on this replica, by `kind` (user, jti, all).
+    pub revocations: IntCounterVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -193,6 +197,28 @@ impl Metrics {
                 )
                 .unwrap(),
             ),
+            tunnels_closed: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "auth_proxy_tunnels_closed_total",
+                        "Open tunnels closed by the edge because their authorization ended, by reason",
+                    ),
+                    &["reason"],
+                )
+                .unwrap(),
+            ),
+            revocations: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "auth_proxy_revocations_total",
+                        "Revocations that came into force on this replica, by kind",
+                    ),
+                    &["kind"],
+                )
+                .unwrap(),
+            ),
             registry: r,
         }
     }
@@ -225,6 +251,8 @@ mod tests {
         m.user_lookup_duration.observe(0.001);
         m.user_lookups.with_label_values(&["found"]).inc();
         m.user_cache.with_label_values(&["hit"]).inc();
+        m.tunnels_closed.with_label_values(&["token_revoked"]).inc();
+        m.revocations.with_label_values(&["user"]).inc();
         let text = String::from_utf8(m.render()).unwrap();
         for name in [
             "auth_proxy_requests_total",
@@ -238,6 +266,8 @@ mod tests {
             "auth_proxy_tunnel_bytes_total",
             "auth_proxy_tunnel_duration_seconds",
             "auth_proxy_header_timeouts_total",
+            "auth_proxy_tunnels_closed_total",
+            "auth_proxy_revocations_total",
         ] {
             assert!(text.contains(name), "{name} missing");
         }

@@ -1,7 +1,7 @@
 //! The edge's decisions and pingora-proxy's `ProxyHttp` for plain HTTP, in request order.
 //!
 //! 1. `request_filter`: [`Edge::identify_request`] (request id, client IP, route), then
-//!    [`Edge::decide`]: drain, public routes, throttle, token, JWT, user row, admin check, WebSocket
+//!    [`Edge::decide`]: drain, public routes, throttle, token, JWT, revocations, user row, admin check, WebSocket
 //!    check. Any failure is answered here, as JSON, before any upstream contact and before the upgrade.
 //!    The WebSocket endpoint runs the same two functions in [`crate::tunnel`], which owns its
 //!    connections (see [`crate::connection`]).
@@ -352,7 +352,7 @@ impl Edge {
         }
     }
 
-    /// Throttle, token, JWT, user row, admin and upgrade checks, in that order.
+    /// Throttle, token, JWT, revocation, user row, admin and upgrade checks, in that order.
     async fn authenticate(
         &self,
         req: &RequestHeader,
@@ -366,8 +366,14 @@ impl Edge {
         }
         let authorization = req.headers.get("authorization").map(|v| v.as_bytes());
         let token = token::extract(req.uri.query(), authorization, s.config.max_token_bytes)?;
-        let user_id = s.jwt.verify(&token, now_unix())?;
-        let user = match s.users.get(user_id).await {
+        let facts = s.jwt.verify_fetching(&token, now_unix()).await?;
+        if !s.live.is_loaded() {
+            return Err(Reject::AuthUnavailable);
+        }
+        if s.live.check(&facts).is_some() {
+            return Err(Reject::TokenRevoked);
+        }
+        let user = match s.users.get(facts.user_id).await {
             Ok(Some(user)) => user,
             Ok(None) => return Err(Reject::UnknownUser),
             Err(e) => {

@@ -16,6 +16,8 @@ pub enum Reject {
     TokenNotYetValid,
     AmbiguousToken,
     UnknownUser,
+    /// The token was revoked (by user, `jti` or globally).
+    TokenRevoked,
     Forbidden,
     RateLimited,
     AuthUnavailable,
@@ -29,7 +31,7 @@ impl Reject {
         use Reject::*;
         match self {
             MissingToken | InvalidToken(_) | TokenExpired | TokenNotYetValid | AmbiguousToken
-            | UnknownUser => 401,
+            | UnknownUser | TokenRevoked => 401,
             Forbidden => 403,
             WebSocketRequired => 426,
             RateLimited => 429,
@@ -47,6 +49,7 @@ impl Reject {
             TokenNotYetValid => "token_not_yet_valid",
             AmbiguousToken => "ambiguous_token",
             UnknownUser => "unknown_user",
+            TokenRevoked => "token_revoked",
             Forbidden => "forbidden",
             RateLimited => "rate_limited",
             AuthUnavailable => "auth_unavailable",
@@ -67,6 +70,7 @@ impl Reject {
             TokenNotYetValid => "The token is not valid yet.",
             AmbiguousToken => "Two different tokens were given; send one.",
             UnknownUser => "The token's user does not exist.",
+            TokenRevoked => "The token has been revoked; sign in again.",
             Forbidden => "This path is for administrators only.",
             RateLimited => "Too many failed authentication attempts; try again later.",
             AuthUnavailable => "Authentication is temporarily unavailable; try again shortly.",
@@ -119,6 +123,8 @@ impl From<JwtError> for Reject {
             JwtError::Invalid(r) => Reject::InvalidToken(r),
             JwtError::Expired => Reject::TokenExpired,
             JwtError::NotYetValid => Reject::TokenNotYetValid,
+            JwtError::UnknownKid => Reject::InvalidToken("unknown kid"),
+            JwtError::KeysUnavailable => Reject::AuthUnavailable,
         }
     }
 }

@@ -1,5 +1,5 @@
-//! Start-up and shutdown: builds the pingora server with three services (the edge, the admin
-//! listener, the readiness probe) and drains on SIGTERM or SIGINT.
+//! Start-up and shutdown: builds the pingora server with four services (the edge, the admin
+//! listener, the readiness probe, live authorization) and drains on SIGTERM or SIGINT.
 //!
 //! Drain: readiness fails at once and the listeners stop accepting; open requests and WebSocket
 //! tunnels get up to `shutdown_grace_secs`: one second before it ends, every open tunnel gets a
@@ -24,16 +24,18 @@ use tracing::info;
 use crate::admin::{AdminApp, ReadinessProbe};
 use crate::config::Config;
 use crate::connection::EdgeApp;
+use crate::live::LiveService;
 use crate::proxy::Edge;
 use crate::state::AppState;
 use crate::tunnels::CloseRequest;
 
 /// Runs the proxy until it is told to stop. Returns after a graceful drain.
-pub fn run(config: Config) -> anyhow::Result<()> {
+pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
     let state = Arc::new(AppState::new(config)?);
+    preload_revocations(&state)?;
     let c = &state.config;
     let conf = ServerConf {
         threads: c.threads,
@@ -58,9 +60,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     admin.threads = Some(1);
     let mut probe = background_service("readiness", ReadinessProbe::new(state.clone()));
     probe.threads = Some(1);
+    let mut live = background_service("live", LiveService::new(state.clone(), config_path));
+    live.threads = Some(1);
     server.add_service(edge);
     server.add_service(admin);
     server.add_service(probe);
+    server.add_service(live);
 
     info!(listen = %c.listen, admin = %c.admin_listen, upstream = %c.upstream, "auth-proxy starting");
     server.run(RunArgs {
@@ -72,6 +77,18 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 
 /// How long before the end of the grace open tunnels get their close frame.
 const TUNNEL_CLOSE_BEFORE_GRACE_END: Duration = Duration::from_secs(1);
+/// Reads the revocations before the first handshake (on a runtime of its own: pingora builds its
+/// runtimes later). A store that does not answer within 3 s leaves the edge refusing handshakes
+/// with 503 until the live service reaches it.
+fn preload_revocations(state: &AppState) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    if let Err(e) = rt.block_on(state.live.preload(Duration::from_secs(3))) {
+        tracing::warn!(error = %e, "state store unavailable at start; handshakes get 503 until it answers");
+    }
+    Ok(())
+}
 
 /// Waits for SIGTERM or SIGINT, then starts the drain.
 struct DrainOnSignal {

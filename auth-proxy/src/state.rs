@@ -9,6 +9,7 @@ use shared::identity::Signer;
 
 use crate::config::{Config, ConfigError};
 use crate::jwt::JwtVerifier;
+use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::routes::Routes;
 use crate::throttle::Throttle;
@@ -28,6 +29,7 @@ pub struct AppState {
     pub health: Health,
     /// Open WebSocket tunnels, closable from outside (see [`crate::tunnels`]).
     pub tunnels: Arc<Tunnels>,
+    pub live: Live,
 }
 
 impl AppState {
@@ -46,6 +48,7 @@ impl AppState {
             })?,
             health: Health::default(),
             tunnels: Tunnels::new(),
+            live: Live::new(&config),
             metrics,
             config,
         })
@@ -62,6 +65,7 @@ pub struct Health {
     draining: AtomicBool,
     database_ok: AtomicBool,
     upstream_ok: AtomicBool,
+    state_store_ok: AtomicBool,
 }
 
 impl Health {
@@ -83,8 +87,15 @@ impl Health {
     pub fn upstream(&self) -> bool {
         self.upstream_ok.load(Ordering::Relaxed)
     }
+    pub fn set_state_store(&self, ok: bool) {
+        self.state_store_ok.store(ok, Ordering::Relaxed);
+    }
+    /// The state store (revocations) has been read and answers.
+    pub fn state_store(&self) -> bool {
+        self.state_store_ok.load(Ordering::Relaxed)
+    }
     pub fn is_ready(&self) -> bool {
-        !self.is_draining() && self.database() && self.upstream()
+        !self.is_draining() && self.database() && self.upstream() && self.state_store()
     }
 }
 

@@ -273,6 +273,20 @@ impl Users {
         &self.db
     }
 
+    /// Drops a user's cache entry (a revocation or a removal was learnt).
+    pub async fn forget(&self, id: i64) {
+        if let Some(cache) = &self.cache {
+            cache.invalidate(&id).await;
+        }
+    }
+
+    /// Drops every cache entry.
+    pub fn forget_all(&self) {
+        if let Some(cache) = &self.cache {
+            cache.invalidate_all();
+        }
+    }
+
     /// The user, `None` if there is none; errors are never cached.
     pub async fn get(&self, id: i64) -> Result<Option<User>, Unavailable> {
         let Some(cache) = &self.cache else {

@@ -192,6 +192,7 @@ impl Proxy {
                 "AUTH_PROXY_UPSTREAM",
                 format!("127.0.0.1:{}", opts.upstream_port),
             )
+            .env("AUTH_PROXY_DATA_DIR", dir.path().join("data"))
             .env("RUST_LOG", "info")
             .stdout(Stdio::from(out.try_clone().unwrap()))
             .stderr(Stdio::from(out));
@@ -235,6 +236,11 @@ impl Proxy {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The configuration file the proxy was started with (rewrite it, then send SIGHUP).
+    pub fn config_path(&self) -> PathBuf {
+        self._dir.path().join("auth-proxy.toml")
     }
 
     pub fn output(&self) -> String {

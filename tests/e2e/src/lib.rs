@@ -198,6 +198,7 @@ impl Stack {
                 "AUTH_PROXY_UPSTREAM",
                 format!("127.0.0.1:{}", self.agent_port),
             )
+            .env("AUTH_PROXY_DATA_DIR", self.dir.path().join("edge-data"))
             .env("RUST_LOG", "info");
         self.proxy = Some(Proc::spawn(&mut cmd, self.dir.path().join("proxy.log")));
         let url = format!("http://127.0.0.1:{}/readyz", self.admin_port);
