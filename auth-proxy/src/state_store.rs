@@ -2,20 +2,19 @@
 //! the default is a file under the data directory) or PostgreSQL (several replicas share it). The
 //! Users database is never written; this is a separate database the edge owns.
 //!
-//! - [`StateStore::open`] connects and creates the table (on PostgreSQL under an advisory lock, so
-//!   replicas starting together do not race).
+//! - [`StateStore::open`] connects through the `db` crate (read-write; SQLite in WAL with
+//!   `synchronous=FULL`) and creates the table (on PostgreSQL under an advisory lock, so replicas
+//!   starting together do not race).
 //! - [`StateStore::insert`] stores a revocation and, on PostgreSQL, sends `NOTIFY` on
-//!   [`CHANNEL`] in the same transaction, so every replica listening hears of it once it commits.
+//!   [`CHANNEL`] in the same statement, so every replica listening hears of it once it commits.
 //! - [`StateStore::list`] reads the whole table (it stays small: records of expiring tokens are
 //!   purged by [`StateStore::purge`]); the live-authorization loop re-reads it on every
 //!   notification and on a periodic catch-up poll.
 
-use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
-use sqlx::{PgPool, SqlitePool};
+use db::{timed, with_pool, Options, Pool};
+use sqlx::postgres::PgListener;
 
 use crate::revocations::{Kind, NewRevocation, Revocation};
 
@@ -30,19 +29,18 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 #[error("state store: {0}")]
 pub struct StoreError(pub String);
 
-fn fail(e: impl std::fmt::Display) -> StoreError {
-    StoreError(e.to_string())
-}
-
-enum Pool {
-    Sqlite(SqlitePool),
-    Postgres(PgPool),
+impl From<db::Error> for StoreError {
+    fn from(e: db::Error) -> Self {
+        StoreError(e.to_string())
+    }
 }
 
 pub struct StateStore {
     pool: Pool,
 }
 
+// The table is created here rather than by sqlx migrations: sqlx keeps one `_sqlx_migrations`
+// table per database, and the state store may share a database with another service's migrations.
 const SQLITE_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS auth_proxy_revocations (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     kind TEXT NOT NULL,
@@ -65,7 +63,14 @@ const POSTGRES_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS auth_proxy_revocations
     expires_at BIGINT
 )";
 
-const COLUMNS: &str = "id, kind, user_id, jti, issued_before, reason, created_at, expires_at";
+/// The insert, the same on both engines; on PostgreSQL it is wrapped by [`POSTGRES_INSERT`].
+const INSERT: &str = "INSERT INTO auth_proxy_revocations (kind, user_id, jti, issued_before, reason, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id, kind, user_id, jti, issued_before, reason, created_at, expires_at";
+
+/// On PostgreSQL the insert and its `NOTIFY` are one statement, so one transaction: replicas hear of
+/// the row once it is committed, never before.
+const POSTGRES_INSERT: &str = "WITH ins AS (INSERT INTO auth_proxy_revocations (kind, user_id, jti, issued_before, reason, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id, kind, user_id, jti, issued_before, reason, created_at, expires_at) SELECT ins.* FROM ins, pg_notify('auth_proxy_revocations', ins.id::text)";
+
+const LIST: &str = "SELECT id, kind, user_id, jti, issued_before, reason, created_at, expires_at FROM auth_proxy_revocations ORDER BY id";
 
 type Row = (
     i64,
@@ -97,147 +102,80 @@ pub fn is_postgres(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
+/// A whole call bounded by [`TIMEOUT`].
 async fn bounded<T>(
-    f: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+    call: impl std::future::Future<Output = Result<T, sqlx::Error>>,
 ) -> Result<T, StoreError> {
-    tokio::time::timeout(TIMEOUT, f)
-        .await
-        .map_err(|_| StoreError("timed out".into()))?
-        .map_err(fail)
+    Ok(timed(TIMEOUT, async { Ok(call.await?) }).await?)
 }
 
 impl StateStore {
-    /// Connects and creates the table if needed.
+    /// Connects (read-write) and creates the table if needed; on PostgreSQL under an advisory
+    /// lock, so replicas starting together do not race.
     pub async fn open(url: &str) -> Result<StateStore, StoreError> {
-        let pool = if is_postgres(url) {
-            let opts = PgConnectOptions::from_str(url).map_err(fail)?;
-            let pool = PgPoolOptions::new()
-                .max_connections(4)
-                .min_connections(0)
-                .acquire_timeout(TIMEOUT)
-                .connect_with(opts)
-                .await
-                .map_err(fail)?;
-            let mut tx = bounded(pool.begin()).await?;
-            bounded(
-                sqlx::query("SELECT pg_advisory_xact_lock(hashtext('auth_proxy_state_schema'))")
+        let options = Options::read_write("auth-proxy-state")
+            .max_connections(4)
+            .acquire_timeout(TIMEOUT);
+        let pool = timed(TIMEOUT, Pool::connect(url, &options)).await?;
+        match &pool {
+            Pool::Sqlite(p) => {
+                bounded(sqlx::query(SQLITE_SCHEMA).execute(p)).await?;
+            }
+            Pool::Postgres(p) => {
+                let mut tx = bounded(p.begin()).await?;
+                bounded(
+                    sqlx::query(
+                        "SELECT pg_advisory_xact_lock(hashtext('auth_proxy_state_schema'))",
+                    )
                     .execute(&mut *tx),
-            )
-            .await?;
-            bounded(sqlx::query(POSTGRES_SCHEMA).execute(&mut *tx)).await?;
-            bounded(tx.commit()).await?;
-            Pool::Postgres(pool)
-        } else {
-            let opts = SqliteConnectOptions::from_str(url)
-                .map_err(fail)?
-                .create_if_missing(true)
-                .journal_mode(SqliteJournalMode::Wal)
-                .busy_timeout(TIMEOUT);
-            let pool = SqlitePoolOptions::new()
-                .max_connections(2)
-                .min_connections(0)
-                .acquire_timeout(TIMEOUT)
-                .connect_with(opts)
-                .await
-                .map_err(fail)?;
-            bounded(sqlx::query(SQLITE_SCHEMA).execute(&pool)).await?;
-            Pool::Sqlite(pool)
-        };
+                )
+                .await?;
+                bounded(sqlx::query(POSTGRES_SCHEMA).execute(&mut *tx)).await?;
+                bounded(tx.commit()).await?;
+            }
+        }
         Ok(StateStore { pool })
     }
 
     /// Closes the pool's connections.
     pub async fn close(&self) {
-        match &self.pool {
-            Pool::Sqlite(p) => p.close().await,
-            Pool::Postgres(p) => p.close().await,
-        }
-    }
-
-    pub fn is_postgres(&self) -> bool {
-        matches!(self.pool, Pool::Postgres(_))
+        self.pool.close().await
     }
 
     /// Stores a revocation (and announces it on PostgreSQL); returns the stored record.
     pub async fn insert(&self, r: &NewRevocation) -> Result<Revocation, StoreError> {
-        let row: Row = match &self.pool {
-            Pool::Sqlite(pool) => {
-                let sql = format!(
-                    "INSERT INTO auth_proxy_revocations (kind, user_id, jti, issued_before, reason, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING {COLUMNS}"
-                );
-                bounded(
-                    sqlx::query_as(&sql)
-                        .bind(r.kind.as_str())
-                        .bind(r.user_id)
-                        .bind(&r.jti)
-                        .bind(r.issued_before)
-                        .bind(&r.reason)
-                        .bind(r.created_at)
-                        .bind(r.expires_at)
-                        .fetch_one(pool),
-                )
-                .await?
-            }
-            Pool::Postgres(pool) => {
-                let sql = format!(
-                    "INSERT INTO auth_proxy_revocations (kind, user_id, jti, issued_before, reason, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {COLUMNS}"
-                );
-                let mut tx = bounded(pool.begin()).await?;
-                let row: Row = bounded(
-                    sqlx::query_as(&sql)
-                        .bind(r.kind.as_str())
-                        .bind(r.user_id)
-                        .bind(&r.jti)
-                        .bind(r.issued_before)
-                        .bind(&r.reason)
-                        .bind(r.created_at)
-                        .bind(r.expires_at)
-                        .fetch_one(&mut *tx),
-                )
-                .await?;
-                bounded(
-                    sqlx::query("SELECT pg_notify($1, $2)")
-                        .bind(CHANNEL)
-                        .bind(row.0.to_string())
-                        .execute(&mut *tx),
-                )
-                .await?;
-                bounded(tx.commit()).await?;
-                row
-            }
+        let sql = match self.pool {
+            Pool::Sqlite(_) => INSERT,
+            Pool::Postgres(_) => POSTGRES_INSERT,
         };
+        let row: Row = with_pool!(&self.pool, p => bounded(
+            sqlx::query_as(sql)
+                .bind(r.kind.as_str())
+                .bind(r.user_id)
+                .bind(&r.jti)
+                .bind(r.issued_before)
+                .bind(&r.reason)
+                .bind(r.created_at)
+                .bind(r.expires_at)
+                .fetch_one(p),
+        )
+        .await)?;
         from_row(row)
     }
 
     /// Every stored revocation, oldest first.
     pub async fn list(&self) -> Result<Vec<Revocation>, StoreError> {
-        let sql = format!("SELECT {COLUMNS} FROM auth_proxy_revocations ORDER BY id");
-        let rows: Vec<Row> = match &self.pool {
-            Pool::Sqlite(pool) => bounded(sqlx::query_as(&sql).fetch_all(pool)).await?,
-            Pool::Postgres(pool) => bounded(sqlx::query_as(&sql).fetch_all(pool)).await?,
-        };
+        let rows: Vec<Row> =
+            with_pool!(&self.pool, p => bounded(sqlx::query_as(LIST).fetch_all(p)).await)?;
         rows.into_iter().map(from_row).collect()
     }
 
     /// Deletes the records whose token expired before `before`; returns how many.
     pub async fn purge(&self, before: i64) -> Result<u64, StoreError> {
-        let done = match &self.pool {
-            Pool::Sqlite(pool) => bounded(
-                sqlx::query("DELETE FROM auth_proxy_revocations WHERE expires_at < ?1")
-                    .bind(before)
-                    .execute(pool),
-            )
-            .await?
-            .rows_affected(),
-            Pool::Postgres(pool) => bounded(
-                sqlx::query("DELETE FROM auth_proxy_revocations WHERE expires_at < $1")
-                    .bind(before)
-                    .execute(pool),
-            )
-            .await?
-            .rows_affected(),
-        };
-        Ok(done)
+        let sql = "DELETE FROM auth_proxy_revocations WHERE expires_at < $1";
+        with_pool!(&self.pool, p => bounded(sqlx::query(sql).bind(before).execute(p))
+            .await
+            .map(|r| r.rows_affected()))
     }
 
     /// A connection listening on [`CHANNEL`] (PostgreSQL only; `None` on SQLite).
