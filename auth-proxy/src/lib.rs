@@ -5,8 +5,8 @@
 //! is kept apart from I/O and unit-tested on its own.
 
 pub mod admin;
-pub mod admission;
 pub mod admin_api;
+pub mod admission;
 pub mod config;
 pub mod connection;
 pub mod headers;
