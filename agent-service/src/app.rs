@@ -11,6 +11,7 @@ use crate::hub::Hub;
 use crate::identity::{self, MAX_ASSERTION_AGE_SECS};
 use crate::metrics::Metrics;
 use crate::newsnexus::NewsDb;
+use crate::sql_exec::SqlRunner;
 use crate::store::Store;
 use crate::{http, sessions_api, ws};
 
@@ -18,6 +19,7 @@ pub struct AppState {
     pub config: Config,
     pub verifier: Verifier,
     pub db: NewsDb,
+    pub sql: SqlRunner,
     pub metrics: Arc<Metrics>,
     pub http: reqwest::Client,
     pub hub: Hub,
@@ -28,6 +30,8 @@ impl AppState {
     pub async fn new(config: Config) -> anyhow::Result<AppState> {
         let db =
             NewsDb::open(&config.database_url).map_err(|e| anyhow::anyhow!("DATABASE_URL: {e}"))?;
+        let sql = SqlRunner::open(&config.database_url, config.sql.clone())
+            .map_err(|e| anyhow::anyhow!("DATABASE_URL: {e}"))?;
         if let Some(dir) = config.store_dir() {
             std::fs::create_dir_all(&dir)
                 .map_err(|e| anyhow::anyhow!("AGENT_DATA_DIR {}: {e}", dir.display()))?;
@@ -38,6 +42,7 @@ impl AppState {
         Ok(AppState {
             verifier: Verifier::new(config.identity_secret.as_bytes(), MAX_ASSERTION_AGE_SECS),
             db,
+            sql,
             metrics: Arc::new(Metrics::new()),
             http: reqwest::Client::builder()
                 .timeout(config.llm_timeout)

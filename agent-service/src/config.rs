@@ -36,6 +36,8 @@ pub struct Config {
     pub outbound_queue: usize,
     /// `AGENT_STORE_URL`: where chat sessions live; default an SQLite file in `AGENT_DATA_DIR` (`./data`).
     pub store_url: String,
+    /// `AGENT_SQL_*`: the custom-SQL policy and limits.
+    pub sql: crate::sql_exec::SqlSettings,
 }
 
 pub const PROVIDERS: [&str; 3] = ["offline", "openai", "ollama"];
@@ -54,7 +56,7 @@ fn err(name: &'static str, problem: impl Into<String>) -> ConfigError {
     }
 }
 
-fn number<T: std::str::FromStr>(
+pub(crate) fn number<T: std::str::FromStr>(
     env: &dyn Fn(&str) -> Option<String>,
     name: &'static str,
     default: T,
@@ -160,6 +162,7 @@ impl Config {
             idle_timeout: Duration::from_secs(number(env, "AGENT_IDLE_TIMEOUT_SECS", 60u64)?),
             outbound_queue: number(env, "AGENT_OUTBOUND_QUEUE", 256usize)?.max(8),
             store_url,
+            sql: crate::sql_exec::SqlSettings::load(env)?,
         })
     }
 

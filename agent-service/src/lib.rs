@@ -16,6 +16,7 @@ pub mod llm;
 pub mod metrics;
 pub mod newsnexus;
 pub mod sessions_api;
+pub mod sql_exec;
 pub mod sql_guard;
 pub mod status_log;
 pub mod store;

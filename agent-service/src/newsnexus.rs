@@ -1,13 +1,14 @@
 //! Read-only access to the News Nexus database (SQLite or PostgreSQL) through the `db` layer: the
-//! queries behind the article tools, and the executor for guarded custom SQL. SQLite is opened with
-//! `mode=ro`; PostgreSQL sessions run with `default_transaction_read_only=on` and a statement
-//! timeout.
+//! queries behind the article tools (custom SQL runs in `sql_exec`, on a pool of its own). SQLite
+//! is opened with `mode=ro`; PostgreSQL sessions run with `default_transaction_read_only=on` and a
+//! statement timeout.
 
 use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use crate::sql_guard::MAX_ROWS;
+/// Most rows an article-tool query returns.
+pub const MAX_ROWS: usize = 1000;
 
 /// How long one query may run.
 pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);

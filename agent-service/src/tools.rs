@@ -5,7 +5,8 @@
 use serde_json::{json, Map, Value};
 
 use crate::newsnexus::{NewsDb, Rows};
-use crate::sql_guard::{self, SqlRefusal};
+use crate::sql_exec::{SqlError, SqlRunner};
+use crate::sql_guard::SqlRefusal;
 
 /// A tool as described to an LLM.
 #[derive(Debug, Clone)]
@@ -86,7 +87,7 @@ pub fn custom_sql_spec() -> ToolSpec {
     ToolSpec {
         name: "execute_custom_sql",
         description:
-            "Run one read-only SELECT query on the News Nexus database (at most 1000 rows).",
+            "Run one read-only SELECT query on the News Nexus database (results are capped in rows and bytes).",
         parameters: json!({"type": "object", "properties": {"sql": {"type": "string"}}, "required": ["sql"]}),
     }
 }
@@ -203,13 +204,6 @@ pub fn plan(tool: &str, args: &Value) -> Result<Plan, ToolError> {
         "list_approved_articles" => {
             p(format!(r#"{APPROVED} ORDER BY a."publishedDate" DESC LIMIT $1"#), vec![json!(limit(m)?)])
         }
-        "execute_custom_sql" => {
-            let sql = match m.get("sql") {
-                Some(Value::String(s)) => s,
-                _ => return Err(ToolError::BadArguments("sql must be a string".into())),
-            };
-            p(sql_guard::check(sql)?, vec![])
-        }
         other => Err(ToolError::Unknown(other.to_string())),
     }
 }
@@ -235,8 +229,36 @@ pub fn render(tool: &str, rows: &Rows) -> String {
     }
 }
 
-/// Runs a tool call; returns its output text.
-pub async fn run(db: &NewsDb, tool: &str, args: &Value) -> Result<(String, Rows), ToolError> {
+/// The `sql` argument of `execute_custom_sql`.
+pub fn custom_sql_arg(args: &Value) -> Result<&str, ToolError> {
+    match object(args)?.get("sql") {
+        Some(Value::String(s)) => Ok(s),
+        _ => Err(ToolError::BadArguments("sql must be a string".into())),
+    }
+}
+
+impl From<SqlError> for ToolError {
+    fn from(e: SqlError) -> Self {
+        match e {
+            SqlError::Refused(r) => ToolError::Refused(r),
+            other => ToolError::Database(other.to_string()),
+        }
+    }
+}
+
+/// Runs a tool call for a user; returns its output text. Custom SQL goes through the guard and
+/// the hardened executor ([`SqlRunner`]); the article tools run their fixed SQL on `db`.
+pub async fn run(
+    db: &NewsDb,
+    sql: &SqlRunner,
+    user_id: i64,
+    tool: &str,
+    args: &Value,
+) -> Result<(String, Rows), ToolError> {
+    if tool == "execute_custom_sql" {
+        let (_, rows) = sql.run(user_id, custom_sql_arg(args)?).await?;
+        return Ok((render(tool, &rows), rows));
+    }
     let plan = plan(tool, args)?;
     let rows = db
         .query(&plan.sql, &plan.args)
@@ -306,16 +328,15 @@ mod tests {
     }
 
     #[test]
-    fn custom_sql_goes_through_the_guard() {
+    fn custom_sql_is_not_planned_as_an_article_tool() {
         assert!(matches!(
-            plan("execute_custom_sql", &json!({"sql": "DROP TABLE Users"})),
-            Err(ToolError::Refused(_))
+            plan("execute_custom_sql", &json!({"sql": "SELECT 1"})),
+            Err(ToolError::Unknown(_))
         ));
-        assert_eq!(
-            plan("execute_custom_sql", &json!({"sql": "SELECT 1;"}))
-                .unwrap()
-                .sql,
-            "SELECT 1"
-        );
+        assert_eq!(custom_sql_arg(&json!({"sql": "SELECT 1"})).unwrap(), "SELECT 1");
+        assert!(matches!(
+            custom_sql_arg(&json!({"sql": 1})),
+            Err(ToolError::BadArguments(_))
+        ));
     }
 }

@@ -356,6 +356,8 @@ async fn answer(chat: &Chat, reporter: &Reporter, job: &Job) -> Option<ServerFra
         llm: &chat.llm,
         model: &chat.model,
         db: &state.db,
+        sql: &state.sql,
+        user_id: chat.user.user_id,
         reporter,
         max_steps: state.config.max_steps,
         history: &context,

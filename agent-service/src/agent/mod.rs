@@ -13,6 +13,7 @@ use shared::status_log::{char_count, Progress};
 
 use crate::llm::{prompt_chars, ChatMessage, Llm, LlmError, LlmReply, LlmRequest};
 use crate::newsnexus::{NewsDb, Rows};
+use crate::sql_exec::SqlRunner;
 use crate::status_log::{Gone, Reporter};
 use crate::tools::{self, ToolError};
 
@@ -21,6 +22,10 @@ pub struct AgentCtx<'a> {
     pub llm: &'a Llm,
     pub model: &'a str,
     pub db: &'a NewsDb,
+    /// Custom SQL, limited per user.
+    pub sql: &'a SqlRunner,
+    /// The user the message is from.
+    pub user_id: i64,
     pub reporter: &'a Reporter,
     pub max_steps: usize,
     /// Earlier user and assistant messages of this conversation.
@@ -121,7 +126,7 @@ pub async fn call_tool(
         format!("Running {tool}"),
         &[("tool", json!(tool)), ("arguments", arguments.clone())],
     )?;
-    let result = tools::run(ctx.db, tool, arguments).await;
+    let result = tools::run(ctx.db, ctx.sql, ctx.user_id, tool, arguments).await;
     let m = &ctx.reporter.metrics;
     match &result {
         Ok((output, _)) => {
