@@ -218,18 +218,9 @@ impl SqlRunner {
     pub fn open(url: &str, settings: SqlSettings) -> Result<SqlRunner, sqlx::Error> {
         let size = settings.max_concurrent.max(1) as u32;
         let pool = if url.starts_with("sqlite:") {
-            SqlPool::Sqlite(
-                SqlitePoolOptions::new()
-                    .max_connections(size)
-                    .after_connect(|conn, _| Box::pin(harden_sqlite(conn)))
-                    .connect_lazy_with(sqlite_read_only(url)?),
-            )
+            SqlPool::Sqlite(hardened_sqlite_pool(url, size)?)
         } else {
-            SqlPool::Postgres(
-                PgPoolOptions::new()
-                    .max_connections(size)
-                    .connect_lazy_with(pg_read_only(url, settings.timeout)?),
-            )
+            SqlPool::Postgres(hardened_pg_pool(url, size, settings.timeout)?)
         };
         Ok(SqlRunner {
             all: Arc::new(Semaphore::new(settings.max_concurrent.max(1))),
@@ -238,6 +229,11 @@ impl SqlRunner {
             schema: tokio::sync::OnceCell::new(),
             users: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Custom queries running now (holding a slot of `max_concurrent`).
+    pub fn running(&self) -> usize {
+        self.settings.max_concurrent.max(1) - self.all.available_permits()
     }
 
     pub fn settings(&self) -> &SqlSettings {
@@ -268,8 +264,8 @@ impl SqlRunner {
         let capper = Capper::new(&self.settings);
         let run = async {
             match &self.pool {
-                SqlPool::Sqlite(p) => run_sqlite(p, &canonical, timeout, capper).await,
-                SqlPool::Postgres(p) => run_pg(p, &canonical, timeout, capper).await,
+                SqlPool::Sqlite(p) => execute_sqlite(p, &canonical, timeout, capper).await,
+                SqlPool::Postgres(p) => execute_pg(p, &canonical, timeout, capper).await,
             }
         };
         // The engines stop the statement at `timeout`; this only bounds waiting for them.
@@ -296,6 +292,21 @@ impl SqlRunner {
             ))
         })
     }
+}
+
+/// A lazy SQLite pool for custom SQL: [`sqlite_read_only`] options, [`harden_sqlite`] on connect.
+pub fn hardened_sqlite_pool(url: &str, size: u32) -> Result<SqlitePool, sqlx::Error> {
+    Ok(SqlitePoolOptions::new()
+        .max_connections(size)
+        .after_connect(|conn, _| Box::pin(harden_sqlite(conn)))
+        .connect_lazy_with(sqlite_read_only(url)?))
+}
+
+/// A lazy PostgreSQL pool for custom SQL with [`pg_read_only`] options.
+pub fn hardened_pg_pool(url: &str, size: u32, timeout: Duration) -> Result<PgPool, sqlx::Error> {
+    Ok(PgPoolOptions::new()
+        .max_connections(size)
+        .connect_lazy_with(pg_read_only(url, timeout)?))
 }
 
 /// SQLite connect options for custom SQL: read-only file, `query_only`, no extension loading.
@@ -357,7 +368,7 @@ where
 }
 
 /// Runs one query on SQLite with a progress handler that interrupts it at the deadline.
-async fn run_sqlite(
+pub async fn execute_sqlite(
     pool: &SqlitePool,
     sql: &str,
     timeout: Duration,
@@ -401,7 +412,7 @@ pub async fn arm_interrupt(
 
 /// Runs one query on PostgreSQL inside `BEGIN READ ONLY` with `SET LOCAL statement_timeout`,
 /// then rolls back whatever happened.
-async fn run_pg(
+pub async fn execute_pg(
     pool: &PgPool,
     sql: &str,
     timeout: Duration,
