@@ -218,6 +218,7 @@ pub fn check_statement(
         real: HashSet::new(),
         bindings: BTreeMap::new(),
         used: BTreeSet::new(),
+        derived: BTreeSet::new(),
     };
     if let ControlFlow::Break(r) = statement.visit(&mut scopes) {
         return Err(r);
@@ -228,6 +229,7 @@ pub fn check_statement(
         real: &scopes.real,
         bindings: &scopes.bindings,
         used: &scopes.used,
+        derived: &scopes.derived,
     };
     match statement.visit(&mut exprs) {
         ControlFlow::Break(r) => Err(r),
@@ -286,6 +288,8 @@ struct Scopes<'p> {
     bindings: BTreeMap<String, BTreeSet<String>>,
     /// Every real table the query reads.
     used: BTreeSet<String>,
+    /// Names of CTEs and aliases of subqueries (qualifiers that are not real tables).
+    derived: BTreeSet<String>,
 }
 
 fn check_set_expr(body: &SetExpr) -> Result<(), SqlRefusal> {
@@ -361,6 +365,10 @@ impl Visitor for Scopes<'_> {
                 v
             }
         };
+        if let Some(w) = &q.with {
+            self.derived
+                .extend(w.cte_tables.iter().map(|c| lower(&c.alias.name)));
+        }
         let (own, cte_bodies) = match &q.with {
             Some(w) => (
                 w.cte_tables.iter().map(|c| lower(&c.alias.name)).collect(),
@@ -409,6 +417,9 @@ impl Visitor for Scopes<'_> {
                     .last()
                     .is_some_and(|f| f.inherited.contains(&key) || f.own.contains(&key));
                 if visible {
+                    if let Some(a) = alias {
+                        self.derived.insert(lower(&a.name));
+                    }
                     return ControlFlow::Continue(());
                 }
                 if !self.policy.tables.contains_key(&key) {
@@ -428,9 +439,13 @@ impl Visitor for Scopes<'_> {
                 }
                 ControlFlow::Continue(())
             }
-            TableFactor::Derived { .. } | TableFactor::NestedJoin { .. } => {
+            TableFactor::Derived { alias, .. } => {
+                if let Some(a) = alias {
+                    self.derived.insert(lower(&a.name));
+                }
                 ControlFlow::Continue(())
             }
+            TableFactor::NestedJoin { .. } => ControlFlow::Continue(()),
             other => ControlFlow::Break(R::Construct(format!("table source {}", kind(other)))),
         }
     }
@@ -443,6 +458,7 @@ struct Exprs<'a> {
     real: &'a HashSet<*const TableFactor>,
     bindings: &'a BTreeMap<String, BTreeSet<String>>,
     used: &'a BTreeSet<String>,
+    derived: &'a BTreeSet<String>,
 }
 
 impl Exprs<'_> {
@@ -490,12 +506,15 @@ impl Exprs<'_> {
         if self.policy.hidden(column) {
             return Err(R::Column(shown.to_string()));
         }
-        if let Some(ts) = self.bindings.get(qualifier) {
-            if ts.iter().any(|t| self.column_denied(t, column)) {
-                return Err(R::Column(shown.to_string()));
+        match self.bindings.get(qualifier) {
+            Some(ts) if ts.iter().any(|t| self.column_denied(t, column)) => {
+                Err(R::Column(shown.to_string()))
             }
+            None if !self.derived.contains(qualifier) => Err(R::Column(format!(
+                "{shown} (no table or alias {qualifier} in the query)"
+            ))),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     fn qualified_wildcard(&self, qualifier: &ObjectName) -> Result<(), SqlRefusal> {
@@ -507,7 +526,10 @@ impl Exprs<'_> {
                 Some(t) => Err(R::Wildcard(t.clone())),
                 None => Ok(()),
             },
-            None => Ok(()),
+            None if self.derived.contains(&q) => Ok(()),
+            None => Err(R::Construct(format!(
+                "{qualifier}.* (no table or alias {q} in the query)"
+            ))),
         }
     }
 
