@@ -77,7 +77,9 @@ impl SqlSettings {
         let functions = get("AGENT_SQL_FUNCTIONS");
         let policy = SqlPolicy::parse(
             tables.as_deref().unwrap_or(sql_guard::DEFAULT_TABLES),
-            hidden.as_deref().unwrap_or(sql_guard::DEFAULT_HIDDEN_COLUMNS),
+            hidden
+                .as_deref()
+                .unwrap_or(sql_guard::DEFAULT_HIDDEN_COLUMNS),
             functions.as_deref().unwrap_or(sql_guard::DEFAULT_FUNCTIONS),
         )
         .map_err(|problem| ConfigError {
@@ -288,7 +290,11 @@ impl SqlRunner {
             SqlError::Busy(format!(
                 "you already have {} custom quer{} running; wait for it to finish",
                 self.settings.per_user,
-                if self.settings.per_user == 1 { "y" } else { "ies" }
+                if self.settings.per_user == 1 {
+                    "y"
+                } else {
+                    "ies"
+                }
             ))
         })
     }
@@ -429,7 +435,10 @@ pub async fn execute_pg(
         format!("SET LOCAL lock_timeout = {ms}"),
         format!("SET LOCAL idle_in_transaction_session_timeout = {}", ms * 2),
     ] {
-        (&mut *tx).execute(set.as_str()).await.map_err(query_error)?;
+        (&mut *tx)
+            .execute(set.as_str())
+            .await
+            .map_err(query_error)?;
     }
     let result = {
         let stream = sqlx::query(sql)

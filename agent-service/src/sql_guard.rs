@@ -50,7 +50,8 @@ pub const DEFAULT_HIDDEN_COLUMNS: &str = "password,passwordHash,password_hash,ha
 /// Default function allowlist (`AGENT_SQL_FUNCTIONS`): aggregates, window ranking, string,
 /// date/time and math functions, `coalesce`, `nullif`. Functions that build large values from
 /// small input (`repeat`, `lpad`, `printf`, `zeroblob`, ...) are not in it.
-pub const DEFAULT_FUNCTIONS: &str = "count,sum,avg,min,max,total,group_concat,string_agg,bool_and,bool_or,every,\
+pub const DEFAULT_FUNCTIONS: &str =
+    "count,sum,avg,min,max,total,group_concat,string_agg,bool_and,bool_or,every,\
 row_number,rank,dense_rank,ntile,lag,lead,first_value,last_value,percent_rank,cume_dist,\
 lower,upper,length,char_length,character_length,octet_length,substr,substring,trim,ltrim,rtrim,\
 instr,strpos,position,concat,concat_ws,left,right,initcap,reverse,split_part,starts_with,\
@@ -90,9 +91,7 @@ impl SqlPolicy {
         let mut map = BTreeMap::new();
         let mut rest = tables.trim();
         while !rest.is_empty() {
-            let end = rest
-                .find([',', '('])
-                .unwrap_or(rest.len());
+            let end = rest.find([',', '(']).unwrap_or(rest.len());
             let name = rest[..end].trim().to_lowercase();
             if name.is_empty() || !name.chars().all(|c| c.is_alphanumeric() || c == '_') {
                 return Err(format!("{:?} is not a table name", &rest[..end]));
@@ -181,7 +180,9 @@ pub fn check(
     // What runs is the rendering: it must parse back to the same statement and pass again.
     let again = parse_one(&canonical, dialect)?;
     if again.to_string() != canonical {
-        return Err(R::Construct("a query whose text does not round-trip".into()));
+        return Err(R::Construct(
+            "a query whose text does not round-trip".into(),
+        ));
     }
     check_statement(&again, policy, schema)?;
     Ok(canonical)
@@ -308,7 +309,9 @@ fn check_set_expr(body: &SetExpr) -> Result<(), SqlRefusal> {
 
 fn check_query_shape(q: &Query) -> Result<(), SqlRefusal> {
     if !q.locks.is_empty() {
-        return Err(R::Construct("a locking clause (FOR UPDATE / FOR SHARE)".into()));
+        return Err(R::Construct(
+            "a locking clause (FOR UPDATE / FOR SHARE)".into(),
+        ));
     }
     if q.for_clause.is_some() || q.settings.is_some() || q.format_clause.is_some() {
         return Err(R::Construct("a FOR / SETTINGS / FORMAT clause".into()));
@@ -432,10 +435,7 @@ impl Visitor for Scopes<'_> {
                     .or_default()
                     .insert(key.clone());
                 if let Some(a) = alias {
-                    self.bindings
-                        .entry(lower(&a.name))
-                        .or_default()
-                        .insert(key);
+                    self.bindings.entry(lower(&a.name)).or_default().insert(key);
                 }
                 ControlFlow::Continue(())
             }
@@ -565,9 +565,10 @@ impl Exprs<'_> {
                         }
                     }
                 }
-                SelectItem::QualifiedWildcard(SelectItemQualifiedWildcardKind::ObjectName(q), _) => {
-                    self.qualified_wildcard(q)?
-                }
+                SelectItem::QualifiedWildcard(
+                    SelectItemQualifiedWildcardKind::ObjectName(q),
+                    _,
+                ) => self.qualified_wildcard(q)?,
                 SelectItem::QualifiedWildcard(SelectItemQualifiedWildcardKind::Expr(e), _) => {
                     return Err(R::Construct(format!("{e}.*")))
                 }
@@ -782,8 +783,14 @@ mod tests {
             sqlite("SELECT u.email FROM Users u"),
             Err(R::Column("u.email".into()))
         );
-        assert_eq!(sqlite("SELECT * FROM Users"), Err(R::Wildcard("Users".into())));
-        assert_eq!(sqlite("SELECT u.* FROM Users u"), Err(R::Wildcard("users".into())));
+        assert_eq!(
+            sqlite("SELECT * FROM Users"),
+            Err(R::Wildcard("Users".into()))
+        );
+        assert_eq!(
+            sqlite("SELECT u.* FROM Users u"),
+            Err(R::Wildcard("users".into()))
+        );
         assert_eq!(
             pg("SELECT row_to_json(u) FROM \"Users\" u"),
             Err(R::Function("row_to_json".into()))
@@ -805,16 +812,27 @@ mod tests {
             Err(R::Function("pg_catalog.set_config".into()))
         );
         assert_eq!(sqlite("SELECT 1; SELECT 2"), Err(R::MultipleStatements));
-        assert_eq!(sqlite("DELETE FROM Users"), Err(R::NotAQuery("DELETE".into())));
-        assert!(matches!(sqlite("SELECT 1 AS [x']; ATTACH DATABASE 'x' AS s; --']"), Err(R::MultipleStatements)));
-        assert!(matches!(sqlite("-- only a comment"), Err(R::Empty) | Err(R::Parse(_))));
+        assert_eq!(
+            sqlite("DELETE FROM Users"),
+            Err(R::NotAQuery("DELETE".into()))
+        );
+        assert!(matches!(
+            sqlite("SELECT 1 AS [x']; ATTACH DATABASE 'x' AS s; --']"),
+            Err(R::MultipleStatements)
+        ));
+        assert!(matches!(
+            sqlite("-- only a comment"),
+            Err(R::Empty) | Err(R::Parse(_))
+        ));
         assert_eq!(
             pg("WITH u AS (UPDATE \"Users\" SET \"isAdmin\"=true RETURNING \"id\") SELECT * FROM u"),
             Err(R::Construct("a data-modifying UPDATE".into()))
         );
         assert_eq!(
             pg("SELECT id FROM \"Articles\" FOR UPDATE"),
-            Err(R::Construct("a locking clause (FOR UPDATE / FOR SHARE)".into()))
+            Err(R::Construct(
+                "a locking clause (FOR UPDATE / FOR SHARE)".into()
+            ))
         );
         assert_eq!(
             pg("SELECT id INTO t FROM \"Articles\""),

@@ -333,7 +333,10 @@ mod tests {
             plan("execute_custom_sql", &json!({"sql": "SELECT 1"})),
             Err(ToolError::Unknown(_))
         ));
-        assert_eq!(custom_sql_arg(&json!({"sql": "SELECT 1"})).unwrap(), "SELECT 1");
+        assert_eq!(
+            custom_sql_arg(&json!({"sql": "SELECT 1"})).unwrap(),
+            "SELECT 1"
+        );
         assert!(matches!(
             custom_sql_arg(&json!({"sql": 1})),
             Err(ToolError::BadArguments(_))

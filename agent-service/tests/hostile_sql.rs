@@ -125,7 +125,10 @@ async fn leaking_llm() -> String {
         let messages = body["messages"].as_array().cloned().unwrap_or_default();
         let last = messages.last().cloned().unwrap_or(Value::Null);
         let content = if last["role"] == "tool" {
-            format!("Here is everything: {}", last["content"].as_str().unwrap_or(""))
+            format!(
+                "Here is everything: {}",
+                last["content"].as_str().unwrap_or("")
+            )
         } else {
             let question = messages
                 .iter()
@@ -158,7 +161,10 @@ async fn ask(s: &mut Socket, content: &str) -> String {
 }
 
 fn assert_no_leak(text: &str, what: &str) {
-    assert!(!text.contains(HASH), "{what}: a password hash leaked: {text}");
+    assert!(
+        !text.contains(HASH),
+        "{what}: a password hash leaked: {text}"
+    );
     assert!(
         !text.contains("@example.com"),
         "{what}: an e-mail address leaked: {text}"
@@ -184,7 +190,10 @@ fn store_path(agent: &Agent) -> String {
 /// Runs every case through the WebSocket and directly through the runner.
 async fn attack(agent: &Agent, dir: &Path) {
     // Ada writes something private into the chat store first.
-    let mut ada_socket = agent.connect(&ada(), "ada-1", "?provider=offline").await.unwrap();
+    let mut ada_socket = agent
+        .connect(&ada(), "ada-1", "?provider=offline")
+        .await
+        .unwrap();
     greeted(&mut ada_socket).await;
     ask(&mut ada_socket, &format!("remember {SECRET}")).await;
 
@@ -285,7 +294,11 @@ async fn hostile_queries_on_postgres_with_a_role_that_may_write() {
     )
     .await;
     attack(&agent, dir.path()).await;
-    assert_eq!(before, pg_fingerprint(&db.url).await, "the database changed");
+    assert_eq!(
+        before,
+        pg_fingerprint(&db.url).await,
+        "the database changed"
+    );
     assert!(dir_listing(dir.path()).is_empty());
 }
 
@@ -300,7 +313,10 @@ async fn the_database_walls_hold_without_the_guard() {
     let pool = sql_exec::hardened_sqlite_pool(&sqlite_url(&db), 1).unwrap();
     let copy = dir.path().join("copy.db");
     for sql in [
-        format!("ATTACH DATABASE '{}' AS s", dir.path().join("other.db").display()),
+        format!(
+            "ATTACH DATABASE '{}' AS s",
+            dir.path().join("other.db").display()
+        ),
         format!("VACUUM INTO '{}'", copy.display()),
         format!(
             "SELECT 1 AS [x']; ATTACH DATABASE '{}' AS s; --']",
@@ -311,7 +327,8 @@ async fn the_database_walls_hold_without_the_guard() {
         "CREATE TABLE t (x)".into(),
         "PRAGMA query_only = 0; DELETE FROM Users".into(),
     ] {
-        let r = sql_exec::execute_sqlite(&pool, &sql, settings.timeout, Capper::new(&settings)).await;
+        let r =
+            sql_exec::execute_sqlite(&pool, &sql, settings.timeout, Capper::new(&settings)).await;
         assert!(matches!(r, Err(SqlError::Query(_))), "{sql}: {r:?}");
     }
     assert!(!copy.exists());
@@ -385,7 +402,10 @@ async fn forty_megabytes(url: &str, write: impl std::future::Future<Output = ()>
         .unwrap();
     assert!(rows.truncated);
     assert!(json!(rows.rows).to_string().len() <= 65536);
-    let mut s = agent.connect(&grace(), "g", "?provider=openai").await.unwrap();
+    let mut s = agent
+        .connect(&grace(), "g", "?provider=openai")
+        .await
+        .unwrap();
     greeted(&mut s).await;
     let frames = ask(&mut s, r#"/sql SELECT "id", "description" FROM "Articles""#).await;
     assert!(frames.contains("Here is everything"), "the query ran");
@@ -406,7 +426,11 @@ async fn forty_megabytes(url: &str, write: impl std::future::Future<Output = ()>
 }
 
 fn big_text(i: usize) -> String {
-    format!("{i}:").repeat(400_000 / 4).chars().take(400_000).collect()
+    format!("{i}:")
+        .repeat(400_000 / 4)
+        .chars()
+        .take(400_000)
+        .collect()
 }
 
 #[tokio::test]
@@ -466,7 +490,9 @@ async fn the_shipped_role_reads_only_allowed_columns() {
         .execute("SELECT pg_advisory_unlock(4242)")
         .await
         .unwrap();
-    let url = db.url.replacen("postgres://postgres@", "postgres://newsnexus_agent@", 1);
+    let url = db
+        .url
+        .replacen("postgres://postgres@", "postgres://newsnexus_agent@", 1);
     assert_ne!(url, db.url, "the test URL names the postgres user");
     let mut agent = sqlx::PgConnection::connect(&url).await.unwrap();
     let names: Vec<String> = sqlx::query_scalar(r#"SELECT "username" FROM "Users" ORDER BY "id""#)
@@ -499,6 +525,10 @@ async fn the_shipped_role_reads_only_allowed_columns() {
         .await
         .unwrap();
     assert_eq!(rows.rows.len(), 2);
-    let r = agent_service.state.sql.run(1, r#"SELECT * FROM "Users""#).await;
+    let r = agent_service
+        .state
+        .sql
+        .run(1, r#"SELECT * FROM "Users""#)
+        .await;
     assert!(r.is_err() || !json!(r.unwrap().1.rows).to_string().contains(HASH));
 }

@@ -16,50 +16,114 @@ use sqlparser::ast::{
 use test_support::{sqlite_fixture, sqlite_url, temp_dir};
 
 const SELECTS: &[&str] = &[
-    "password", "u.password", "email", "u.email", "u", "row_to_json(u)",
-    "set_config('a','b',false)", "\"set_config\"('a','b',false)", "(SELECT password FROM Users)",
-    "u.*", "pg_read_file('/etc/passwd')", "load_extension('x')", "[password]", "`password`",
-    "\"PassWord\"", "updatedAt", "hex(zeroblob(10))", "x.password", "*",
+    "password",
+    "u.password",
+    "email",
+    "u.email",
+    "u",
+    "row_to_json(u)",
+    "set_config('a','b',false)",
+    "\"set_config\"('a','b',false)",
+    "(SELECT password FROM Users)",
+    "u.*",
+    "pg_read_file('/etc/passwd')",
+    "load_extension('x')",
+    "[password]",
+    "`password`",
+    "\"PassWord\"",
+    "updatedAt",
+    "hex(zeroblob(10))",
+    "x.password",
+    "*",
 ];
 const GOOD_SELECTS: &[&str] = &[
-    "id", "title", "username", "u.username", "count(*)", "lower(title)", "a.*", "x.*", "1", "'x'",
-    "$$y$$", "isAdmin", "coalesce(u.username, 'x')", "(SELECT max(id) FROM Users)", "x.username",
-    "a.title", "upper(a.author)", "u.createdAt", "aa.userId",
+    "id",
+    "title",
+    "username",
+    "u.username",
+    "count(*)",
+    "lower(title)",
+    "a.*",
+    "x.*",
+    "1",
+    "'x'",
+    "$$y$$",
+    "isAdmin",
+    "coalesce(u.username, 'x')",
+    "(SELECT max(id) FROM Users)",
+    "x.username",
+    "a.title",
+    "upper(a.author)",
+    "u.createdAt",
+    "aa.userId",
 ];
 const FROMS: &[&str] = &[
-    "Users", "Users u", "chat_messages", "sqlite_master", "pg_shadow", "(SELECT * FROM Users) x",
-    "main.Users", "Users u NATURAL JOIN Articles a", "pragma_table_info('Users')", "x", "Users x",
+    "Users",
+    "Users u",
+    "chat_messages",
+    "sqlite_master",
+    "pg_shadow",
+    "(SELECT * FROM Users) x",
+    "main.Users",
+    "Users u NATURAL JOIN Articles a",
+    "pragma_table_info('Users')",
+    "x",
+    "Users x",
     "Users u JOIN Users x USING (id)",
 ];
 const GOOD_FROMS: &[&str] = &[
-    "Articles", "Articles a", "(SELECT id, title FROM Articles) x", "ArticleApproveds aa",
-    "Articles a JOIN Users u ON u.id = a.id", "(SELECT username FROM Users) x",
+    "Articles",
+    "Articles a",
+    "(SELECT id, title FROM Articles) x",
+    "ArticleApproveds aa",
+    "Articles a JOIN Users u ON u.id = a.id",
+    "(SELECT username FROM Users) x",
     "Articles a JOIN ArticleApproveds aa ON aa.articleId = a.id JOIN Users u ON u.id = aa.userId",
     "Users u",
 ];
 const PREFIXES: &[&str] = &[
-    "WITH x AS (SELECT * FROM Users) ", "WITH RECURSIVE x AS (SELECT 1) ",
-    "WITH u AS (DELETE FROM Users RETURNING *) ", "WITH Articles AS (SELECT password FROM Users) ",
+    "WITH x AS (SELECT * FROM Users) ",
+    "WITH RECURSIVE x AS (SELECT 1) ",
+    "WITH u AS (DELETE FROM Users RETURNING *) ",
+    "WITH Articles AS (SELECT password FROM Users) ",
 ];
 const GOOD_PREFIXES: &[&str] = &[
-    "", "WITH x AS (SELECT username FROM Users) ", "WITH x AS (SELECT id, title FROM Articles) ",
+    "",
+    "WITH x AS (SELECT username FROM Users) ",
+    "WITH x AS (SELECT id, title FROM Articles) ",
 ];
 const SUFFIXES: &[&str] = &[
-    " WHERE password = 'x'", " ORDER BY email", " FOR UPDATE", "; DELETE FROM Users",
-    " UNION SELECT password FROM Users", " WHERE id IN (SELECT id FROM Users WHERE email LIKE '%')",
+    " WHERE password = 'x'",
+    " ORDER BY email",
+    " FOR UPDATE",
+    "; DELETE FROM Users",
+    " UNION SELECT password FROM Users",
+    " WHERE id IN (SELECT id FROM Users WHERE email LIKE '%')",
 ];
 const GOOD_SUFFIXES: &[&str] = &[
-    "", " -- ; DROP TABLE Users", " LIMIT 5", " UNION SELECT username FROM Users", " ORDER BY 1",
-    "/* ; ATTACH DATABASE 'x' AS y */", " WHERE id > 1",
+    "",
+    " -- ; DROP TABLE Users",
+    " LIMIT 5",
+    " UNION SELECT username FROM Users",
+    " ORDER BY 1",
+    "/* ; ATTACH DATABASE 'x' AS y */",
+    " WHERE id > 1",
 ];
 
 /// Mostly ordinary pieces, sometimes hostile ones.
-fn piece(good: &'static [&'static str], bad: &'static [&'static str]) -> impl Strategy<Value = &'static str> {
+fn piece(
+    good: &'static [&'static str],
+    bad: &'static [&'static str],
+) -> impl Strategy<Value = &'static str> {
     prop_oneof![4 => prop::sample::select(good), 1 => prop::sample::select(bad)]
 }
 
 fn schema() -> Schema {
-    let set = |s: &str| s.split(' ').map(|c| c.to_lowercase()).collect::<BTreeSet<_>>();
+    let set = |s: &str| {
+        s.split(' ')
+            .map(|c| c.to_lowercase())
+            .collect::<BTreeSet<_>>()
+    };
     Schema {
         columns: [
             ("users", set("id username email password isAdmin createdAt updatedAt")),
@@ -89,10 +153,18 @@ struct Oracle {
 
 fn names_users(tf: &TableFactor) -> bool {
     match tf {
-        TableFactor::Table { name, .. } => name.to_string().trim_matches('"').eq_ignore_ascii_case("users"),
-        TableFactor::NestedJoin { table_with_joins, .. } => {
+        TableFactor::Table { name, .. } => name
+            .to_string()
+            .trim_matches('"')
+            .eq_ignore_ascii_case("users"),
+        TableFactor::NestedJoin {
+            table_with_joins, ..
+        } => {
             names_users(&table_with_joins.relation)
-                || table_with_joins.joins.iter().any(|j| names_users(&j.relation))
+                || table_with_joins
+                    .joins
+                    .iter()
+                    .any(|j| names_users(&j.relation))
         }
         _ => false,
     }
@@ -115,7 +187,13 @@ impl Visitor for Oracle {
         if !q.locks.is_empty() {
             self.problems.push("locking clause".into());
         }
-        if !matches!(*q.body, SetExpr::Select(_) | SetExpr::SetOperation { .. } | SetExpr::Query(_) | SetExpr::Values(_)) {
+        if !matches!(
+            *q.body,
+            SetExpr::Select(_)
+                | SetExpr::SetOperation { .. }
+                | SetExpr::Query(_)
+                | SetExpr::Values(_)
+        ) {
             self.problems.push("not a select".into());
         }
         ControlFlow::Continue(())
@@ -140,7 +218,8 @@ impl Visitor for Oracle {
     }
 
     fn pre_visit_relation(&mut self, r: &ObjectName) -> ControlFlow<()> {
-        self.tables.insert(r.to_string().trim_matches('"').to_lowercase());
+        self.tables
+            .insert(r.to_string().trim_matches('"').to_lowercase());
         ControlFlow::Continue(())
     }
 
@@ -236,7 +315,12 @@ fn run_on_sqlite(sql: &str) -> Result<(), TestCaseError> {
     }
     FIXTURE.with(|(rt, _dir, pool)| {
         let settings = SqlSettings::default();
-        let r = rt.block_on(sql_exec::execute_sqlite(pool, sql, settings.timeout, Capper::new(&settings)));
+        let r = rt.block_on(sql_exec::execute_sqlite(
+            pool,
+            sql,
+            settings.timeout,
+            Capper::new(&settings),
+        ));
         if let Ok(rows) = r {
             let text = serde_json::to_string(&rows.rows).unwrap();
             prop_assert!(!text.contains("$2b$"), "{}: {}", sql, text);
@@ -250,8 +334,18 @@ fn run_on_sqlite(sql: &str) -> Result<(), TestCaseError> {
 fn the_generator_reaches_both_outcomes() {
     let policy = SqlPolicy::default();
     let schema = schema();
-    let ok = sql_guard::check("SELECT username FROM Users", SqlDialect::Sqlite, &policy, &schema);
+    let ok = sql_guard::check(
+        "SELECT username FROM Users",
+        SqlDialect::Sqlite,
+        &policy,
+        &schema,
+    );
     assert!(ok.is_ok());
-    let refused = sql_guard::check("SELECT password FROM Users", SqlDialect::Sqlite, &policy, &schema);
+    let refused = sql_guard::check(
+        "SELECT password FROM Users",
+        SqlDialect::Sqlite,
+        &policy,
+        &schema,
+    );
     assert!(refused.is_err());
 }
