@@ -526,6 +526,30 @@ mod tests {
     }
 
     #[test]
+    fn settings_from_the_environment() {
+        let none = |_: &str| None;
+        assert_eq!(SqlSettings::load(&none).unwrap(), SqlSettings::default());
+        let env = |k: &str| match k {
+            "AGENT_SQL_TABLES" => Some("Articles, Users(id username)".to_string()),
+            "AGENT_SQL_MAX_RESULT_BYTES" => Some("1024".to_string()),
+            _ => None,
+        };
+        let s = SqlSettings::load(&env).unwrap();
+        assert_eq!(s.policy.tables.len(), 2);
+        assert_eq!(s.max_result_bytes, 1024);
+        let zero = |k: &str| (k == "AGENT_SQL_PER_USER").then(|| "0".to_string());
+        assert_eq!(
+            SqlSettings::load(&zero).unwrap_err().name,
+            "AGENT_SQL_PER_USER"
+        );
+        let bad = |k: &str| (k == "AGENT_SQL_TABLES").then(|| "Users(id".to_string());
+        assert_eq!(
+            SqlSettings::load(&bad).unwrap_err().name,
+            "AGENT_SQL_TABLES"
+        );
+    }
+
+    #[test]
     fn capper_total_bytes() {
         let s = SqlSettings {
             max_rows: 1000,

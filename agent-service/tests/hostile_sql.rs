@@ -208,6 +208,12 @@ async fn attack(agent: &Agent, dir: &Path) {
         let sql = template.replace("{store}", &store).replace("{dir}", &dir);
         let frames = ask(&mut s, &format!("/sql {sql}")).await;
         assert_no_leak(&frames, &sql);
+        if sql == r#"SELECT password FROM "Users""# {
+            assert!(
+                frames.contains("column password is not allowed"),
+                "the refusal names what was refused: {frames}"
+            );
+        }
         match agent.state.sql.run(2, &sql).await {
             Err(SqlError::Refused(_)) => {}
             other if *expect == Refused => panic!("{sql}: expected a refusal, got {other:?}"),

@@ -13,10 +13,12 @@ pub const AGENT: &str = "sql";
 const TOOL: &str = "execute_custom_sql";
 
 const PROMPT: &str = "You write one read-only SQL SELECT query for the News Nexus database and nothing else. Tables: \
-Users(id, username, email, isAdmin, createdAt, updatedAt) - never select the password column; \
+Users(id, username, isAdmin, createdAt) - no other Users column may be read, and never SELECT * or a whole row of Users; \
 Articles(id, publicationName, author, title, description, url, urlToImage, publishedDate, createdAt, updatedAt); \
 ArticleApproveds(id, userId, articleId, isApproved, headlineForPdfReport, publicationNameForPdfReport, \
 publicationDateForPdfReport, textForPdfReport, urlForPdfReport, kmNotes, createdAt, updatedAt). \
+Name each column (qualify it with its table when several tables are joined), use plain functions \
+(count, sum, min, max, avg, lower, upper, substr, coalesce, date functions), no WITH RECURSIVE. \
 Quote identifiers with double quotes. Answer with the query only.";
 
 /// The query inside a reply: a ```sql fenced block if there is one, else the whole text.
