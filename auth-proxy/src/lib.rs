@@ -17,6 +17,7 @@ pub mod live;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+pub mod recheck;
 pub mod reject;
 pub mod relay;
 pub mod revocations;

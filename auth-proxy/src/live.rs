@@ -8,25 +8,38 @@
 //! closes the open tunnels it kills. The same service refreshes the JWKS set when it goes stale and
 //! reloads the configured keys on SIGHUP.
 //!
+//! Open tunnels ([`crate::tunnels`]) are closed with WebSocket close 1008 and the rejection code as
+//! the reason ([`close_tunnels`]):
+//! - `token_revoked`: by a new revocation, and at registration when one came into force between
+//!   the handshake's check and the tunnel's registration ([`tunnel_opened`]);
+//! - `token_expired`: at `exp` + leeway. One timer serves every tunnel ([`Expiries`]: the distinct
+//!   expiry seconds in a `BTreeSet`, one task sleeping until the earliest); each time it fires, one
+//!   pass over the registry closes every tunnel past its `exp`. No task or timer per tunnel.
+//! - `user_removed`: every `live.recheck_secs`, the users holding tunnels are re-checked in one
+//!   query ([`crate::recheck`]); those gone lose their tunnels and their cache entries.
+//!
 //! Until the store has been read once, handshakes are refused with 503 (the edge cannot tell a
 //! revoked token from a good one) and `/readyz` reports not ready.
 
+use std::collections::{BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::OnceCell;
+use tokio::sync::{Notify, OnceCell};
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::revocations::{Kind, NewRevocation, Revocation, RevocationSet, TokenFacts};
+use crate::recheck::{removed, Recheck};
+use crate::revocations::{matches, Kind, NewRevocation, Revocation, RevocationSet, TokenFacts};
 use crate::state::{now_unix, AppState};
 use crate::state_store::{StateStore, StoreError};
+use crate::tunnels::{CloseRequest, TunnelInfo, CLOSE_POLICY_VIOLATION};
 
 /// How long to wait before retrying a store that could not be opened.
 const RETRY: Duration = Duration::from_secs(1);
@@ -39,6 +52,7 @@ pub struct Live {
     loaded: AtomicBool,
     /// Serialises reloads, so two of them never race to apply the same new records.
     reload: tokio::sync::Mutex<()>,
+    pub expiries: Expiries,
 }
 
 impl Live {
@@ -49,6 +63,7 @@ impl Live {
             set: RwLock::new(Arc::new(RevocationSet::default())),
             loaded: AtomicBool::new(false),
             reload: tokio::sync::Mutex::new(()),
+            expiries: Expiries::default(),
         }
     }
 
@@ -134,8 +149,8 @@ impl Live {
     }
 }
 
-/// What a new revocation changes on this replica: the user cache and the metrics (open tunnels are
-/// closed by the tunnel registry's owner through [`kills`]).
+/// What a new revocation changes on this replica: the user cache, the open tunnels it kills, the
+/// metrics.
 async fn apply(state: &AppState, r: &Revocation) {
     state
         .metrics
@@ -147,17 +162,163 @@ async fn apply(state: &AppState, r: &Revocation) {
         (Kind::All, _) => state.users.forget_all(),
         _ => {}
     }
+    let closed = close_tunnels(state, "token_revoked", |t| matches(r, &facts_of(t)));
     info!(
         id = r.id,
         kind = r.kind.as_str(),
         user_id = r.user_id,
+        tunnels_closed = closed,
         "revocation in force"
     );
 }
 
-/// True when `r` kills a tunnel opened with a token of these facts.
-pub fn kills(r: &Revocation, token: &TokenFacts) -> bool {
-    crate::revocations::matches(r, token)
+/// The token facts a tunnel was opened with.
+pub fn facts_of(t: &TunnelInfo) -> TokenFacts {
+    let secs = |v: Option<u64>| v.map(|v| v.min(i64::MAX as u64) as i64);
+    TokenFacts {
+        user_id: t.user_id,
+        iat: secs(t.iat),
+        exp: secs(t.exp),
+        jti: t.jti.clone(),
+    }
+}
+
+/// Closes the open tunnels matching `which` with close 1008 and `reason`; counts them.
+pub fn close_tunnels(
+    state: &AppState,
+    reason: &'static str,
+    which: impl Fn(&TunnelInfo) -> bool,
+) -> usize {
+    let n = state
+        .tunnels
+        .close_where(which, CloseRequest::new(CLOSE_POLICY_VIOLATION, reason));
+    if n > 0 {
+        state
+            .metrics
+            .tunnels_closed
+            .with_label_values(&[reason])
+            .inc_by(n as u64);
+        info!(tunnels = n, reason, "closed open tunnels");
+    }
+    n
+}
+
+/// Called once a tunnel is registered: closes it at once if a revocation came into force since its
+/// handshake was checked, and schedules its expiry.
+pub fn tunnel_opened(state: &AppState, t: &TunnelInfo) {
+    if state.live.check(&facts_of(t)).is_some() {
+        close_tunnels(state, "token_revoked", |other| std::ptr::eq(other, t));
+    }
+    if let Some(exp) = t.exp {
+        state
+            .live
+            .expiries
+            .schedule(exp.saturating_add(state.config.jwt.leeway_secs));
+    }
+}
+
+/// The distinct seconds (unix) at which some open tunnel's token expires (`exp` + leeway), and the
+/// wake-up of the one task that waits for the earliest.
+#[derive(Default)]
+pub struct Expiries {
+    due: Mutex<BTreeSet<u64>>,
+    wake: Notify,
+}
+
+impl Expiries {
+    fn due(&self) -> std::sync::MutexGuard<'_, BTreeSet<u64>> {
+        self.due.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a deadline; wakes the timer task when it is the new earliest.
+    pub fn schedule(&self, at: u64) {
+        let mut due = self.due();
+        let earlier = due.first().is_none_or(|first| at < *first);
+        due.insert(at);
+        drop(due);
+        if earlier {
+            self.wake.notify_one();
+        }
+    }
+
+    /// The earliest deadline.
+    pub fn next(&self) -> Option<u64> {
+        self.due().first().copied()
+    }
+
+    /// Removes the deadlines at or before `now`; true when there were some.
+    pub fn take_due(&self, now: u64) -> bool {
+        let mut due = self.due();
+        let later = due.split_off(&(now.saturating_add(1)));
+        let any = !due.is_empty();
+        *due = later;
+        any
+    }
+}
+
+/// How long until the unix second `at` begins.
+fn until_unix(at: u64) -> Duration {
+    (UNIX_EPOCH + Duration::from_secs(at))
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO)
+}
+
+/// The expiry timer: sleeps until the earliest deadline, then closes every tunnel past its `exp`.
+async fn expire_tunnels(state: Arc<AppState>) {
+    let leeway = state.config.jwt.leeway_secs;
+    let expiries = &state.live.expiries;
+    loop {
+        let wait = expiries
+            .next()
+            .map_or(Duration::from_secs(3600), until_unix);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = expiries.wake.notified() => continue,
+        }
+        let now = now_unix();
+        if expiries.take_due(now) {
+            close_tunnels(&state, "token_expired", |t| {
+                t.exp.is_some_and(|exp| exp.saturating_add(leeway) <= now)
+            });
+        }
+    }
+}
+
+/// Every `live.recheck_secs`: one query for the users holding tunnels; closes the tunnels of those
+/// gone.
+async fn recheck_users(state: Arc<AppState>) {
+    let recheck = match Recheck::new(&state.config.users) {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(error = %e, "cannot re-check users with open tunnels");
+            return;
+        }
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(state.config.live.recheck_secs));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let holders: HashSet<i64> = state.tunnels.snapshot().iter().map(|t| t.user_id).collect();
+        if holders.is_empty() {
+            continue;
+        }
+        let ids: Vec<i64> = holders.iter().copied().collect();
+        let present = match recheck.present(&ids).await {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(error = %e, "re-check of users with open tunnels failed; none closed");
+                continue;
+            }
+        };
+        let gone: HashSet<i64> = removed(&holders, &present).into_iter().collect();
+        for id in &gone {
+            state.users.forget(*id).await;
+        }
+        if !gone.is_empty() {
+            close_tunnels(&state, "user_removed", |t| gone.contains(&t.user_id));
+        }
+    }
 }
 
 fn create_sqlite_dir(url: &str) -> Result<(), StoreError> {
@@ -276,6 +437,10 @@ impl BackgroundService for LiveService {
         if !self.load(&mut shutdown).await {
             return;
         }
+        let tasks = [
+            tokio::spawn(expire_tunnels(self.state.clone())),
+            tokio::spawn(recheck_users(self.state.clone())),
+        ];
         let state = self.state.clone();
         let notifications = tokio::spawn(async move {
             loop {
@@ -302,12 +467,47 @@ impl BackgroundService for LiveService {
             }
         }
         notifications.abort();
+        for t in tasks {
+            t.abort();
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expiries_keep_distinct_seconds_in_order() {
+        let e = Expiries::default();
+        e.schedule(30);
+        e.schedule(10);
+        e.schedule(30);
+        e.schedule(20);
+        assert_eq!(e.next(), Some(10));
+        assert!(!e.take_due(9));
+        assert!(e.take_due(20));
+        assert_eq!(e.next(), Some(30));
+        assert!(e.take_due(u64::MAX));
+        assert_eq!(e.next(), None);
+    }
+
+    #[test]
+    fn tunnel_facts_round_trip() {
+        let t = TunnelInfo {
+            user_id: 2,
+            iat: Some(100),
+            exp: Some(200),
+            jti: Some("j".into()),
+            request_id: "r".into(),
+            opened_at: 100,
+        };
+        let f = facts_of(&t);
+        assert_eq!(
+            (f.user_id, f.iat, f.exp, f.jti.as_deref()),
+            (2, Some(100), Some(200), Some("j"))
+        );
+    }
 
     #[test]
     fn sqlite_directories() {

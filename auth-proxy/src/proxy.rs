@@ -28,6 +28,7 @@ use tracing::{info, warn};
 
 use crate::headers;
 use crate::reject::Reject;
+use crate::revocations::TokenFacts;
 use crate::routes::Route;
 use crate::state::{now_unix, AppState};
 use crate::token;
@@ -57,6 +58,8 @@ pub struct RequestCtx {
     pub(crate) route: Route,
     pub(crate) outcome: &'static str,
     pub(crate) user: Option<User>,
+    /// The verified token's user id, `iat`, `exp` and `jti` (for the tunnel registry).
+    pub(crate) token: Option<TokenFacts>,
     pub(crate) in_flight: bool,
 }
 
@@ -72,6 +75,7 @@ impl RequestCtx {
             route: Route::Api,
             outcome: "",
             user: None,
+            token: None,
             in_flight: false,
         }
     }
@@ -334,7 +338,7 @@ impl Edge {
             return Ok(());
         }
         match self.authenticate(req, ctx).await {
-            Ok(user) => {
+            Ok((user, token)) => {
                 self.state
                     .metrics
                     .auth_decisions
@@ -342,6 +346,7 @@ impl Edge {
                     .inc();
                 ctx.outcome = "ok";
                 ctx.user = Some(user);
+                ctx.token = Some(token);
                 Ok(())
             }
             Err(reject) => {
@@ -357,7 +362,7 @@ impl Edge {
         &self,
         req: &RequestHeader,
         ctx: &RequestCtx,
-    ) -> std::result::Result<User, Reject> {
+    ) -> std::result::Result<(User, TokenFacts), Reject> {
         let s = &self.state;
         if let Some(ip) = &ctx.client_ip {
             if s.throttle.is_throttled(ip) {
@@ -387,7 +392,7 @@ impl Edge {
         if ctx.route == Route::WebSocket && !is_upgrade_req(req) {
             return Err(Reject::WebSocketRequired);
         }
-        Ok(user)
+        Ok((user, facts))
     }
 
     fn record_rejection(&self, ctx: &RequestCtx, reject: Reject) {

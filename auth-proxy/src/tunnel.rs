@@ -263,14 +263,16 @@ async fn run(
     drop(head);
     let m = &state.metrics;
     m.websocket_active.inc();
+    let token = ctx.token.take().unwrap_or_default();
     let mut lease = state.tunnels.open(TunnelInfo {
         user_id: ctx.user.as_ref().map_or(0, |u| u.id),
-        iat: None,
-        exp: None,
-        jti: None,
+        iat: token.iat.map(|t| t.max(0) as u64),
+        exp: token.exp.map(|t| t.max(0) as u64),
+        jti: token.jti,
         request_id: ctx.request_id.clone(),
         opened_at: now_unix(),
     });
+    crate::live::tunnel_opened(state, lease.info());
     if state.health.is_draining() {
         state.tunnels.close_where(
             |i| i.request_id == ctx.request_id,

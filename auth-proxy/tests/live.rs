@@ -1,5 +1,6 @@
 //! Live authorization through the real binary: revocations (admin API, CLI, two replicas sharing
-//! PostgreSQL), the admin API's token, keys by `kid`, JWKS rotation and SIGHUP key reload.
+//! PostgreSQL) refusing handshakes and closing open tunnels, expiry and deleted users closing
+//! tunnels, the admin API's token, keys by `kid`, JWKS rotation and SIGHUP key reload.
 
 mod common;
 
@@ -12,8 +13,12 @@ use axum::response::IntoResponse;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use common::*;
+use futures_util::StreamExt;
 use serde_json::{json, Value};
+use sqlx::Connection;
 use test_support::{now_unix, PgTestDb};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
 
 const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789abcdef";
 const BASE_TOML: &str = "[throttle]\nfailures_per_minute = 100000\n";
@@ -82,6 +87,49 @@ async fn until_refused(proxy: &Proxy, token: &str, code: &str, limit: Duration) 
     }
 }
 
+/// Waits (at most `limit`) for the server's close frame; returns its code, its reason and how long
+/// it took.
+async fn expect_close(socket: &mut Socket, limit: Duration) -> (u16, String, Duration) {
+    let started = Instant::now();
+    loop {
+        let left = limit.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, socket.next()).await {
+            Err(_) => panic!("no close frame within {limit:?}"),
+            Ok(Some(Ok(Message::Close(Some(frame))))) => {
+                return (
+                    u16::from(frame.code),
+                    frame.reason.to_string(),
+                    started.elapsed(),
+                )
+            }
+            Ok(Some(Ok(Message::Close(None)))) => panic!("a close frame without a code"),
+            Ok(Some(Ok(_))) => continue,
+            Ok(other) => panic!("the socket ended without a close frame: {other:?}"),
+        }
+    }
+}
+
+async fn open_tunnel(proxy: &Proxy, token: &str) -> Socket {
+    let mut s = ws_connect(&proxy.ws_url(&format!("/ws/t?token={token}")), &[])
+        .await
+        .expect("101");
+    assert_eq!(echo_round_trip(&mut s, "hi").await, "hi");
+    s
+}
+
+/// Polls a metric until it reaches `value` (within [`STEP`]).
+async fn metric_reaches(proxy: &Proxy, name: &str, value: f64) {
+    let started = Instant::now();
+    while proxy.metric(name).await != value {
+        assert!(
+            started.elapsed() < STEP,
+            "{name} = {} (want {value})",
+            proxy.metric(name).await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn user_token(id: i64, iat: u64) -> String {
     token_with_claims(TEST_JWT_SECRET, json!({"id": id, "iat": iat}))
 }
@@ -93,12 +141,18 @@ async fn revoked_user_is_refused_and_a_newer_token_passes() {
     let proxy = start(&url, upstream.port, BASE_TOML, admin_env()).await;
     let old2 = user_token(2, now_unix() - 5);
     let token1 = user_token(1, now_unix() - 5);
-    let mut tunnel1 = ws_connect(&proxy.ws_url(&format!("/ws/a?token={token1}")), &[])
-        .await
-        .expect("101 for user 1");
-    assert_eq!(refused(&proxy, &old2).await.0, 101);
+    let mut tunnel1 = open_tunnel(&proxy, &token1).await;
+    let mut tunnel2 = open_tunnel(&proxy, &old2).await;
 
+    let posted = Instant::now();
     let record = revoke(&proxy, json!({"user_id": 2, "reason": "left the team"})).await;
+    let (code, reason, _) = expect_close(&mut tunnel2, Duration::from_secs(1)).await;
+    eprintln!(
+        "one replica: revocation posted -> close frame received in {:?}",
+        posted.elapsed()
+    );
+    assert_eq!((code, reason.as_str()), (1008, "token_revoked"));
+    assert_eq!(CloseCode::from(code), CloseCode::Policy);
     assert_eq!(record["kind"], "user");
     assert_eq!(record["user_id"], 2);
     assert_eq!(record["reason"], "left the team");
@@ -127,6 +181,10 @@ async fn revoked_user_is_refused_and_a_newer_token_passes() {
     assert_eq!(list["revocations"].as_array().unwrap().len(), 1);
     assert_eq!(list["revocations"][0]["id"], record["id"]);
     assert_eq!(proxy.metric("auth_proxy_revocations_total").await, 1.0);
+    assert_eq!(proxy.metric("auth_proxy_tunnels_closed_total").await, 1.0);
+    // The edge ended the tunnel on both sides: only user 1's is left.
+    metric_reaches(&proxy, "auth_proxy_websocket_connections_active", 1.0).await;
+    assert_eq!(echo_round_trip(&mut tunnel1, "after").await, "after");
     assert!(
         !proxy.output().contains(&old2),
         "tokens never reach the log"
@@ -284,17 +342,76 @@ async fn revocation_reaches_the_other_replica() {
         start(&db.url, upstream.port, &toml, env)
     );
     let token = user_token(2, now_unix() - 5);
-    assert_eq!(refused(&b, &token).await.0, 101);
+    let mut on_b = open_tunnel(&b, &token).await;
+    let mut other_on_b = open_tunnel(&b, &user_token(1, now_unix())).await;
     let posted = Instant::now();
     revoke(&a, json!({"user_id": 2})).await;
-    let on_a = refused(&a, &token).await;
-    assert_eq!(on_a.1["error"], "token_revoked");
-    until_refused(&b, &token, "token_revoked", Duration::from_secs(2)).await;
+    let (code, reason, _) = expect_close(&mut on_b, Duration::from_secs(2)).await;
     eprintln!(
-        "revocation posted to replica A refused by replica B after {:?}",
+        "two replicas: revocation posted to A -> close frame from B received in {:?}",
         posted.elapsed()
     );
+    assert_eq!((code, reason.as_str()), (1008, "token_revoked"));
+    assert_eq!(refused(&a, &token).await.1["error"], "token_revoked");
+    assert_eq!(refused(&b, &token).await.1["error"], "token_revoked");
+    assert_eq!(echo_round_trip(&mut other_on_b, "still").await, "still");
     assert_eq!(b.metric("auth_proxy_revocations_total").await, 1.0);
+    assert_eq!(b.metric("auth_proxy_tunnels_closed_total").await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tunnel_closes_when_its_token_expires() {
+    let (_dir, url) = sqlite_db().await;
+    let upstream = Upstream::start().await;
+    let toml = format!("{BASE_TOML}[jwt]\nleeway_secs = 0\n");
+    let proxy = start(&url, upstream.port, &toml, Vec::new()).await;
+    let exp = now_unix() + 3;
+    let token = token_with_claims(
+        TEST_JWT_SECRET,
+        json!({"id": 1, "iat": now_unix(), "exp": exp}),
+    );
+    let mut expiring = open_tunnel(&proxy, &token).await;
+    let mut lasting = open_tunnel(&proxy, &user_token(2, now_unix())).await;
+    let (code, reason, _) = expect_close(&mut expiring, Duration::from_secs(10)).await;
+    assert_eq!((code, reason.as_str()), (1008, "token_expired"));
+    assert!(now_unix() >= exp, "closed before its exp");
+    assert_eq!(echo_round_trip(&mut lasting, "on").await, "on");
+    metric_reaches(&proxy, "auth_proxy_tunnels_closed_total", 1.0).await;
+    // The handshake refuses it too (`exp < now`, so from the next second on; a tunnel opened in
+    // the second of its `exp` is closed at once).
+    until_refused(&proxy, &token, "token_expired", Duration::from_secs(3)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_user_loses_its_tunnel_within_the_recheck_interval() {
+    let (_dir, url) = sqlite_db().await;
+    let upstream = Upstream::start().await;
+    let toml = format!("{BASE_TOML}[live]\nrecheck_secs = 2\n");
+    let proxy = start(&url, upstream.port, &toml, Vec::new()).await;
+    let mut doomed = open_tunnel(&proxy, &user_token(2, now_unix())).await;
+    let mut kept = open_tunnel(&proxy, &user_token(1, now_unix())).await;
+    let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("DELETE FROM ArticleApproveds WHERE userId = 2")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM Users WHERE id = 2")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let deleted = Instant::now();
+    let (code, reason, _) = expect_close(&mut doomed, Duration::from_secs(5)).await;
+    eprintln!(
+        "deleted user: tunnel closed {:?} after the delete (recheck 2 s)",
+        deleted.elapsed()
+    );
+    assert_eq!((code, reason.as_str()), (1008, "user_removed"));
+    assert_eq!(echo_round_trip(&mut kept, "kept").await, "kept");
+    // The cache entry went with it: the next handshake sees the row is gone.
+    assert_eq!(
+        refused(&proxy, &user_token(2, now_unix())).await.1["error"],
+        "unknown_user"
+    );
 }
 
 // ---- keys by kid, JWKS, SIGHUP ----
