@@ -692,6 +692,70 @@ mod tests {
     }
 
     #[test]
+    fn live_settings_are_checked() {
+        let base = || {
+            let mut c = Config::default();
+            c.apply_env(&env_of(minimal()));
+            c
+        };
+        let mut c = base();
+        c.admin_token = "short".into();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("admin_token (AUTH_PROXY_ADMIN_TOKEN)") && !e.contains("short\""),
+            "{e}"
+        );
+        let mut c = base();
+        c.live.state_url = "mysql://x".into();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("live.state_url"));
+        let mut c = base();
+        c.live.recheck_secs = 0;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("live.recheck_secs"));
+        let mut c = base();
+        c.jwt.jwks_url = "file:///etc/keys".into();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("jwt.jwks_url"));
+        let key = KeyConfig {
+            kid: "k".into(),
+            algorithm: "HS256".into(),
+            secret: SECRET.into(),
+            public_key_file: String::new(),
+        };
+        let mut c = base();
+        c.jwt.keys = vec![key.clone(), key];
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("appears twice"));
+        let c = base();
+        assert_eq!(c.state_url(), "sqlite://./data/auth-proxy-state.db");
+        let env = env_of(&[
+            ("JWT_SECRET", SECRET),
+            ("IDENTITY_SECRET", SECRET),
+            ("DATABASE_URL", "sqlite:///tmp/x.db"),
+            ("AUTH_PROXY_STATE_URL", "postgres://h/state"),
+            ("AUTH_PROXY_ADMIN_TOKEN", SECRET),
+        ]);
+        let c = Config::load(None, &env).unwrap();
+        assert_eq!(
+            (c.state_url().as_str(), c.admin_token.as_str()),
+            ("postgres://h/state", SECRET)
+        );
+    }
+
+    #[test]
     fn cidrs() {
         assert_eq!(parse_cidr("10.0.0.0/8").unwrap().1, 8);
         assert_eq!(parse_cidr("::1").unwrap().1, 128);

@@ -87,6 +87,19 @@ async fn until_refused(proxy: &Proxy, token: &str, code: &str, limit: Duration) 
     }
 }
 
+/// Tries a handshake until it gets 101, within [`STEP`].
+async fn until_accepted(proxy: &Proxy, token: &str, what: &str) {
+    let started = Instant::now();
+    while refused(proxy, token).await.0 != 101 {
+        assert!(
+            started.elapsed() < STEP,
+            "{what}: not within {STEP:?}\n{}",
+            proxy.output()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Waits (at most `limit`) for the server's close frame; returns its code, its reason and how long
 /// it took.
 async fn expect_close(socket: &mut Socket, limit: Duration) -> (u16, String, Duration) {
@@ -208,6 +221,25 @@ async fn jti_and_global_revocations() {
     revoke(&proxy, json!({"jti": "a", "expires_at": now + 3600})).await;
     assert_eq!(refused(&proxy, &a).await.1["error"], "token_revoked");
     assert_eq!(refused(&proxy, &b).await.0, 101);
+
+    // A revocation whose token has expired anyway is purged by the next poll.
+    let stale = revoke(&proxy, json!({"jti": "old", "expires_at": now - 3600})).await;
+    let started = Instant::now();
+    loop {
+        let (_, list) = admin_call(&proxy, reqwest::Method::GET, Some(ADMIN_TOKEN), None).await;
+        let ids: Vec<&Value> = list["revocations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| &r["id"])
+            .collect();
+        if !ids.contains(&&stale["id"]) {
+            assert_eq!(ids.len(), 1, "the jti \"a\" revocation stays: {list}");
+            break;
+        }
+        assert!(started.elapsed() < STEP, "never purged: {list}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let all = revoke(&proxy, json!({"all": true})).await;
     let t = all["issued_before"].as_u64().unwrap();
@@ -543,15 +575,7 @@ async fn sighup_reloads_keys_without_dropping_tunnels() {
     std::fs::write(proxy.config_path(), keys_toml(&[("b", KID_SECRET_B)])).unwrap();
     // SAFETY: kill(2) on the child's pid, with a valid signal number.
     assert_eq!(unsafe { libc::kill(proxy.pid() as i32, libc::SIGHUP) }, 0);
-    let started = Instant::now();
-    while refused(&proxy, &with_b).await.0 != 101 {
-        assert!(
-            started.elapsed() < STEP,
-            "key b not loaded:\n{}",
-            proxy.output()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_accepted(&proxy, &with_b, "key b loaded by SIGHUP").await;
     assert_eq!(
         refused(&proxy, &hs_kid_token("a", KID_SECRET_A, 1)).await.0,
         401
@@ -664,15 +688,7 @@ async fn jwks_rotation_is_picked_up_and_the_last_good_set_kept() {
 
     server.set(&[("k2", KID_SECRET_B)]);
     let k2 = hs_kid_token("k2", KID_SECRET_B, 1);
-    let started = Instant::now();
-    while refused(&proxy, &k2).await.0 != 101 {
-        assert!(
-            started.elapsed() < STEP,
-            "k2 never picked up:\n{}",
-            proxy.output()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_accepted(&proxy, &k2, "k2 picked up from the JWKS").await;
     // k1 left the set with the rotation.
     assert_eq!(
         refused(&proxy, &hs_kid_token("k1", KID_SECRET_A, 1))
