@@ -390,6 +390,10 @@ pub async fn execute_sqlite(
         .fetch(&mut *conn)
         .map_ok(|r| db::row_to_json(&r));
     let result = collect(stream, capper).await;
+    // Best effort: the next query installs its own deadline anyway.
+    if let Ok(mut handle) = conn.lock_handle().await {
+        handle.remove_progress_handler();
+    }
     if interrupted.load(Ordering::SeqCst) {
         return Err(SqlError::Timeout(timeout));
     }
