@@ -42,6 +42,7 @@ const CASES: &[(Expect, &str)] = &[
     (Refused, r#"WITH q AS (SELECT $$'$$ AS a), u AS (UPDATE "Users" SET "isAdmin"=true WHERE "id"=2 RETURNING "id") SELECT * FROM u, q --'"#),
     (Refused, r#"WITH d AS (DELETE FROM "ArticleApproveds" RETURNING 1) SELECT count(*) FROM d"#),
     (Refused, r#"SELECT password FROM "Users""#),
+    (Refused, "SELECT password FROM Users"),
     (Refused, r#"SELECT * FROM "Users""#),
     (Refused, r#"SELECT row_to_json(u) FROM "Users" u"#),
     (Refused, r#"SELECT to_jsonb(u) FROM "Users" u"#),
