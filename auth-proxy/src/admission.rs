@@ -10,6 +10,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use prometheus::IntGauge;
 use serde::Deserialize;
 
 /// Descriptors kept free for the upstream side, the database pool, the admin listener and logs.
@@ -91,17 +92,26 @@ pub struct Admission {
     total: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     exempt: Vec<(IpAddr, u8)>,
+    /// Mirrors `total` for the metrics.
+    gauge: IntGauge,
 }
 
 impl Admission {
     /// `exempt`: networks whose peers are not capped per IP (trusted proxies carry many clients).
-    pub fn new(max_total: usize, max_per_ip: usize, exempt: Vec<(IpAddr, u8)>) -> Arc<Admission> {
+    /// `gauge` follows the number of open connections.
+    pub fn new(
+        max_total: usize,
+        max_per_ip: usize,
+        exempt: Vec<(IpAddr, u8)>,
+        gauge: IntGauge,
+    ) -> Arc<Admission> {
         Arc::new(Admission {
             max_total,
             max_per_ip,
             total: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
             exempt,
+            gauge,
         })
     }
 
@@ -114,6 +124,7 @@ impl Admission {
         let mut ticket = Ticket {
             admission: self.clone(),
             ip: None,
+            counted: false,
         };
         if let Some(ip) = peer.filter(|ip| !crate::headers::in_networks(*ip, &self.exempt)) {
             let mut map = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
@@ -125,6 +136,8 @@ impl Admission {
             *n += 1;
             ticket.ip = Some(ip);
         }
+        self.gauge.inc();
+        ticket.counted = true;
         Ok(ticket)
     }
 
@@ -138,6 +151,8 @@ impl Admission {
 pub struct Ticket {
     admission: Arc<Admission>,
     ip: Option<IpAddr>,
+    /// Counted in the gauge (only admitted connections are).
+    counted: bool,
 }
 
 impl Drop for Ticket {
@@ -155,6 +170,9 @@ impl Drop for Ticket {
                 }
             }
         }
+        if self.counted {
+            self.admission.gauge.dec();
+        }
         self.admission.total.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -163,25 +181,30 @@ impl Drop for Ticket {
 mod tests {
     use super::*;
 
+    fn gauge() -> IntGauge {
+        IntGauge::new("open", "open").unwrap()
+    }
+
     fn ip(s: &str) -> Option<IpAddr> {
         Some(s.parse().unwrap())
     }
 
     #[test]
     fn per_ip_cap_counts_each_ip_apart_and_frees_on_drop() {
-        let a = Admission::new(100, 2, Vec::new());
+        let a = Admission::new(100, 2, Vec::new(), gauge());
         let t1 = a.admit(ip("10.0.0.1")).unwrap();
         let _t2 = a.admit(ip("10.0.0.1")).unwrap();
         assert_eq!(a.admit(ip("10.0.0.1")).err(), Some(Refusal::PerIp));
         let _other = a.admit(ip("10.0.0.2")).unwrap();
         assert_eq!(a.open(), 3, "a refused connection holds no place");
+        assert_eq!(a.gauge.get(), 3);
         drop(t1);
         assert!(a.admit(ip("10.0.0.1")).is_ok());
     }
 
     #[test]
     fn total_cap_refuses_then_admits_after_a_close() {
-        let a = Admission::new(2, 10, Vec::new());
+        let a = Admission::new(2, 10, Vec::new(), gauge());
         let t1 = a.admit(ip("10.0.0.1")).unwrap();
         let _t2 = a.admit(None).unwrap();
         assert_eq!(a.admit(ip("10.0.0.3")).err(), Some(Refusal::Total));
@@ -191,7 +214,7 @@ mod tests {
 
     #[test]
     fn trusted_peers_are_not_capped_per_ip() {
-        let a = Admission::new(100, 1, vec![("10.1.0.0".parse().unwrap(), 16)]);
+        let a = Admission::new(100, 1, vec![("10.1.0.0".parse().unwrap(), 16)], gauge());
         let _t = (0..5)
             .map(|_| a.admit(ip("10.1.2.3")).unwrap())
             .collect::<Vec<_>>();

@@ -52,8 +52,12 @@ pub struct EdgeApp {
 impl EdgeApp {
     pub fn new(state: Arc<AppState>, proxy: HttpProxy<Edge>) -> EdgeApp {
         let c = &state.config.connections;
-        let admission =
-            Admission::new(c.effective_max_total(), c.max_per_ip, state.trusted.clone());
+        let admission = Admission::new(
+            c.effective_max_total(),
+            c.max_per_ip,
+            state.trusted.clone(),
+            state.metrics.connections_open.clone(),
+        );
         EdgeApp {
             edge: Edge::new(state.clone()),
             proxy: Arc::new(proxy),
@@ -177,7 +181,18 @@ async fn answer_and_close(
         stream.write_all(out.as_bytes()).await?;
         stream.write_all(&body).await?;
         stream.flush().await?;
-        stream.shutdown().await
+        stream.shutdown().await?;
+        // Lingering close: read what the client still sends, so closing with unread bytes does
+        // not reset the connection before the client has read the answer.
+        let mut sink = [0u8; 1024];
+        let mut left = MAX_HEAD_BYTES;
+        while left > 0 {
+            match stream.read(&mut sink).await? {
+                0 => break,
+                n => left = left.saturating_sub(n),
+            }
+        }
+        Ok::<_, std::io::Error>(())
     })
     .await;
 }

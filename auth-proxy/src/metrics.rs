@@ -37,6 +37,8 @@ pub struct Metrics {
     pub tunnels_closed: IntCounterVec,
     /// Revocations that came into force on this replica, by `kind` (user, jti, all).
     pub revocations: IntCounterVec,
+    /// Client connections open on the edge listener now.
+    pub connections_open: IntGauge,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -216,6 +218,14 @@ impl Metrics {
                         "Revocations that came into force on this replica, by kind",
                     ),
                     &["kind"],
+                )
+                .unwrap(),
+            ),
+            connections_open: reg(
+                &r,
+                IntGauge::new(
+                    "auth_proxy_connections_open",
+                    "Client connections open on the edge listener",
                 )
                 .unwrap(),
             ),

@@ -387,7 +387,7 @@ where
         upstream.shutdown().await?;
         client.shutdown().await?;
         // Wait for the client's close reply (or its end), discarding what it still sends.
-        discard_until_eof(client).await
+        discard_until_close(client, &mut up.frames).await
     })
     .await;
     reason
@@ -422,9 +422,21 @@ where
     }
 }
 
-async fn discard_until_eof<S: AsyncRead + Unpin>(src: &mut S) -> io::Result<()> {
-    let mut buf = [0u8; 256];
-    while src.read(&mut buf).await? > 0 {}
+/// Reads and drops what the client still sends until its close frame has passed, or its end.
+async fn discard_until_close<S: AsyncRead + Unpin>(
+    src: &mut S,
+    frames: &mut FrameTracker,
+) -> io::Result<()> {
+    let mut buf = [0u8; 512];
+    while !(frames.saw_close() && frames.at_boundary()) {
+        let n = src.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        if let Advance::Cut { .. } = frames.advance(&buf[..n], &Limits::NONE) {
+            break;
+        }
+    }
     Ok(())
 }
 
