@@ -485,7 +485,7 @@ impl Config {
             ("users.username_column", &u.username_column),
             ("users.admin_column", &u.admin_column),
         ] {
-            crate::users::check_identifier(value).map_err(|p| err(name, p))?;
+            db::check_identifier(value).map_err(|p| err(name, p))?;
         }
         if u.active_condition.contains(';') {
             return Err(err(

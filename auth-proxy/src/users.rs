@@ -1,19 +1,17 @@
 //! The user row: one query against the operator's `Users` table (SQLite or PostgreSQL, picked by the
-//! URL), with identifiers from config quoted for the engine, a per-query timeout, and an in-process
+//! URL, opened read-only through the `db` layer), with identifiers from config quoted for the
+//! engine, a per-query timeout (also PostgreSQL's `statement_timeout`), and an in-process
 //! cache (moka) with a short life for "no such user" and single-flight loading, so many concurrent
 //! handshakes for one uncached user make one query.
 //!
 //! The connection pool is created lazily on first use, inside whichever pingora runtime asks first,
 //! and connects lazily too: the proxy starts while the database is down and recovers by itself.
 
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use db::{Engine, Options, Pool};
 use moka::future::Cache;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
-use sqlx::{PgPool, SqlitePool};
 use tokio::sync::OnceCell;
 
 use crate::config::UsersConfig;
@@ -32,50 +30,20 @@ pub struct User {
 #[error("user lookup failed: {0}")]
 pub struct Unavailable(pub String);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Engine {
-    Sqlite,
-    Postgres,
-}
-
-impl Engine {
-    pub fn of_url(url: &str) -> Engine {
-        if url.starts_with("sqlite:") {
-            Engine::Sqlite
-        } else {
-            Engine::Postgres
-        }
+impl From<db::Error> for Unavailable {
+    fn from(e: db::Error) -> Self {
+        Unavailable(e.to_string())
     }
-}
-
-/// Checks a configured table or column name: letters, digits and `_`, not starting with a digit.
-/// Names are quoted in SQL anyway; this keeps configuration mistakes from becoming SQL.
-pub fn check_identifier(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && !name.starts_with(|c: char| c.is_ascii_digit())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{name:?} must be letters, digits and '_' (at most 63, not starting with a digit)"
-        ))
-    }
-}
-
-fn quote(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// The lookup query for an engine: id, username and admin flag as (BIGINT, TEXT, BIGINT).
 pub fn lookup_sql(engine: Engine, c: &UsersConfig) -> String {
+    let quote = |name: &str| engine.quote(name);
     // PostgreSQL casts a boolean to INTEGER but not straight to BIGINT.
-    let (int, admin, param) = match engine {
+    let (int, admin) = match engine {
         Engine::Sqlite => (
             "INTEGER",
             format!("CAST({} AS INTEGER)", quote(&c.admin_column)),
-            "?1",
         ),
         Engine::Postgres => (
             "BIGINT",
@@ -83,7 +51,6 @@ pub fn lookup_sql(engine: Engine, c: &UsersConfig) -> String {
                 "CAST(CAST({} AS INTEGER) AS BIGINT)",
                 quote(&c.admin_column)
             ),
-            "$1",
         ),
     };
     let mut sql = format!(
@@ -91,6 +58,7 @@ pub fn lookup_sql(engine: Engine, c: &UsersConfig) -> String {
         id = quote(&c.id_column),
         name = quote(&c.username_column),
         table = quote(&c.table),
+        param = engine.placeholder(1),
     );
     if !c.active_condition.trim().is_empty() {
         sql.push_str(&format!(" AND ({})", c.active_condition.trim()));
@@ -98,18 +66,12 @@ pub fn lookup_sql(engine: Engine, c: &UsersConfig) -> String {
     sql
 }
 
-enum Pool {
-    Sqlite(SqlitePool),
-    Postgres(PgPool),
-}
-
 /// Looks users up in the database, without caching.
 pub struct UserDb {
     url: String,
-    engine: Engine,
     sql: String,
     timeout: Duration,
-    max_connections: u32,
+    options: Options,
     pool: OnceCell<Pool>,
     metrics: Arc<Metrics>,
 }
@@ -118,54 +80,34 @@ type Row = (i64, String, i64);
 
 impl UserDb {
     pub fn new(c: &UsersConfig, metrics: Arc<Metrics>) -> UserDb {
-        let engine = Engine::of_url(&c.database_url);
+        // Config validation accepted the URL; should it still name no engine, opening the pool
+        // reports it on first use.
+        let engine = Engine::of_url(&c.database_url).unwrap_or(Engine::Postgres);
+        let timeout = Duration::from_millis(c.query_timeout_ms);
         UserDb {
             url: c.database_url.clone(),
-            engine,
             sql: lookup_sql(engine, c),
-            timeout: Duration::from_millis(c.query_timeout_ms),
-            max_connections: c.max_connections,
+            timeout,
+            options: Options::read_only("auth-proxy")
+                .max_connections(c.max_connections)
+                .acquire_timeout(timeout)
+                .statement_timeout(timeout),
             pool: OnceCell::new(),
             metrics,
         }
     }
 
-    async fn pool(&self) -> Result<&Pool, Unavailable> {
+    /// The pool, made on first use (inside the runtime that asks) and connecting lazily.
+    async fn pool(&self) -> Result<&Pool, db::Error> {
         self.pool
-            .get_or_try_init(|| async {
-                let opts = PoolOptionsFor {
-                    timeout: self.timeout,
-                    max: self.max_connections,
-                };
-                match self.engine {
-                    Engine::Sqlite => {
-                        let o = SqliteConnectOptions::from_str(&self.url)
-                            .map_err(|e| Unavailable(format!("bad database url: {e}")))?
-                            .read_only(true);
-                        Ok(Pool::Sqlite(opts.sqlite().connect_lazy_with(o)))
-                    }
-                    Engine::Postgres => {
-                        let o = PgConnectOptions::from_str(&self.url)
-                            .map_err(|e| Unavailable(format!("bad database url: {e}")))?
-                            .application_name("auth-proxy");
-                        Ok(Pool::Postgres(opts.postgres().connect_lazy_with(o)))
-                    }
-                }
-            })
+            .get_or_try_init(|| async { Pool::connect_lazy(&self.url, &self.options) })
             .await
     }
 
     /// One query: `Ok(None)` when no such (active) user exists.
     pub async fn fetch(&self, id: i64) -> Result<Option<User>, Unavailable> {
         let started = Instant::now();
-        let result = tokio::time::timeout(self.timeout, self.query(id))
-            .await
-            .unwrap_or_else(|_| {
-                Err(Unavailable(format!(
-                    "query timed out after {:?}",
-                    self.timeout
-                )))
-            });
+        let result = db::timed(self.timeout, self.query(id)).await;
         self.metrics
             .user_lookup_duration
             .observe(started.elapsed().as_secs_f64());
@@ -175,15 +117,13 @@ impl UserDb {
             Err(_) => "error",
         };
         self.metrics.user_lookups.with_label_values(&[label]).inc();
-        result
+        result.map_err(Unavailable::from)
     }
 
-    async fn query(&self, id: i64) -> Result<Option<User>, Unavailable> {
-        let row: Option<Row> = match self.pool().await? {
-            Pool::Sqlite(p) => sqlx::query_as(&self.sql).bind(id).fetch_optional(p).await,
-            Pool::Postgres(p) => sqlx::query_as(&self.sql).bind(id).fetch_optional(p).await,
-        }
-        .map_err(|e| Unavailable(e.to_string()))?;
+    async fn query(&self, id: i64) -> Result<Option<User>, db::Error> {
+        let pool = self.pool().await?;
+        let row: Option<Row> =
+            db::with_pool!(pool, p => sqlx::query_as(&self.sql).bind(id).fetch_optional(p).await)?;
         Ok(row.map(|(id, username, admin)| User {
             id,
             username,
@@ -193,36 +133,7 @@ impl UserDb {
 
     /// `SELECT 1`, for readiness.
     pub async fn ping(&self) -> Result<(), Unavailable> {
-        let q = async {
-            match self.pool().await? {
-                Pool::Sqlite(p) => sqlx::query("SELECT 1").execute(p).await.map(|_| ()),
-                Pool::Postgres(p) => sqlx::query("SELECT 1").execute(p).await.map(|_| ()),
-            }
-            .map_err(|e| Unavailable(e.to_string()))
-        };
-        tokio::time::timeout(self.timeout, q)
-            .await
-            .unwrap_or_else(|_| Err(Unavailable("ping timed out".into())))
-    }
-}
-
-struct PoolOptionsFor {
-    timeout: Duration,
-    max: u32,
-}
-
-impl PoolOptionsFor {
-    fn sqlite(&self) -> SqlitePoolOptions {
-        SqlitePoolOptions::new()
-            .max_connections(self.max)
-            .min_connections(0)
-            .acquire_timeout(self.timeout)
-    }
-    fn postgres(&self) -> PgPoolOptions {
-        PgPoolOptions::new()
-            .max_connections(self.max)
-            .min_connections(0)
-            .acquire_timeout(self.timeout)
+        Ok(db::timed(self.timeout, async { self.pool().await?.ping().await }).await?)
     }
 }
 
@@ -327,20 +238,5 @@ mod tests {
         };
         assert!(lookup_sql(Engine::Sqlite, &c)
             .ends_with(r#"WHERE "id" = ?1 AND ("deletedAt" IS NULL)"#));
-    }
-
-    #[test]
-    fn identifiers_are_checked() {
-        assert!(check_identifier("Users").is_ok());
-        assert!(check_identifier("is_admin2").is_ok());
-        for bad in ["", "1abc", "a b", "a\"b", "Users;", &"x".repeat(64)] {
-            assert!(check_identifier(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn engines_from_urls() {
-        assert_eq!(Engine::of_url("sqlite:///tmp/x.db"), Engine::Sqlite);
-        assert_eq!(Engine::of_url("postgres://u@h/db"), Engine::Postgres);
     }
 }
