@@ -412,7 +412,8 @@ async fn follow_notifications(state: &AppState) -> Result<(), StoreError> {
         return std::future::pending().await;
     };
     info!("listening for revocations");
-    // A notification sent while this connection was away is found by the next poll.
+    // What was announced while this connection was away is read now.
+    state.live.reload(state).await?;
     loop {
         listener
             .recv()

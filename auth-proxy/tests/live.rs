@@ -387,6 +387,13 @@ async fn revocation_reaches_the_other_replica() {
     assert_eq!(refused(&a, &token).await.1["error"], "token_revoked");
     assert_eq!(refused(&b, &token).await.1["error"], "token_revoked");
     assert_eq!(echo_round_trip(&mut other_on_b, "still").await, "still");
+    // B dropped its cache entry for user 2 with the revocation: a newer token is looked up afresh.
+    let misses = r#"auth_proxy_user_cache_requests_total{result="miss"}"#;
+    let before = b.metric(misses).await;
+    let (_, list) = admin_call(&a, reqwest::Method::GET, Some(ADMIN_TOKEN), None).await;
+    let t = list["revocations"][0]["issued_before"].as_u64().unwrap();
+    assert_eq!(refused(&b, &user_token(2, t + 1)).await.0, 101);
+    assert_eq!(b.metric(misses).await, before + 1.0);
     assert_eq!(b.metric("auth_proxy_revocations_total").await, 1.0);
     assert_eq!(b.metric("auth_proxy_tunnels_closed_total").await, 1.0);
 }
