@@ -398,6 +398,32 @@ async fn revocation_reaches_the_other_replica() {
     assert_eq!(b.metric("auth_proxy_tunnels_closed_total").await, 1.0);
 }
 
+/// A revocation whose notification never came (inserted without `NOTIFY`, as if the listening
+/// connection had been down) is found by the catch-up poll and closes the tunnel it kills.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missed_notification_is_caught_up_by_the_poll() {
+    let Some(db) = PgTestDb::with_fixture().await else {
+        return;
+    };
+    let upstream = Upstream::start().await;
+    let toml = format!("{BASE_TOML}[live]\npoll_secs = 1\n");
+    let env = vec![("AUTH_PROXY_STATE_URL".to_string(), db.url.clone())];
+    let proxy = start(&db.url, upstream.port, &toml, env).await;
+    let token = user_token(2, now_unix() - 5);
+    let mut tunnel = open_tunnel(&proxy, &token).await;
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO auth_proxy_revocations (kind, user_id, issued_before, created_at) VALUES ('user', 2, $1, $1)",
+    )
+    .bind(now_unix() as i64)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let (code, reason, _) = expect_close(&mut tunnel, Duration::from_secs(3)).await;
+    assert_eq!((code, reason.as_str()), (1008, "token_revoked"));
+    assert_eq!(refused(&proxy, &token).await.1["error"], "token_revoked");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tunnel_closes_when_its_token_expires() {
     let (_dir, url) = sqlite_db().await;
