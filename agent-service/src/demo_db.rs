@@ -1,9 +1,10 @@
-//! `agent-service demo-db PATH`: writes a demo News Nexus SQLite database (the test fixture: two
-//! users, three articles, three approvals), so the stack can start with nothing else installed.
+//! `agent-service demo-db PATH`: writes a demo News Nexus SQLite database (`demo/`, which the tests
+//! load too: two users, three articles, three approvals), so the stack can start with nothing else
+//! installed.
 
 use sqlx::{Connection, Executor};
 
-pub const FIXTURE: &str = include_str!("../../tests/fixtures/newsnexus-sqlite.sql");
+pub const FIXTURE: &str = include_str!("../demo/newsnexus-sqlite.sql");
 
 pub async fn create(path: &str) -> anyhow::Result<()> {
     if std::path::Path::new(path).exists() {

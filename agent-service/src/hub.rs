@@ -1,4 +1,5 @@
-//! The registry of live connections, by client id and by user. A user reconnecting with the same
+//! The registry of live connections, by client id and by user, and each connection's bounded
+//! outbound queue ([`Outbound`]). A user reconnecting with the same
 //! client id replaces the old connection (closed 4002 "replaced"); a client id held by another user
 //! is refused (4003); a user holds at most N connections (4008). Events can go to every
 //! connection of a user.
@@ -7,8 +8,61 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use shared::frames::ServerFrame;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
-use crate::status_log::Outbound;
+/// What goes out on a socket: a frame, or a close with a code and reason.
+#[derive(Debug, Clone)]
+pub enum Out {
+    Frame(ServerFrame),
+    Close(u16, String),
+}
+
+/// The sending side of one connection's bounded outbound queue. A full queue means the client is
+/// not reading: the connection is marked slow and will be closed (1013) rather than buffer more.
+#[derive(Clone)]
+pub struct Outbound {
+    tx: mpsc::Sender<Out>,
+    slow: CancellationToken,
+}
+
+/// The connection is gone or too slow; stop producing for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gone;
+
+impl Outbound {
+    pub fn new(capacity: usize) -> (Outbound, mpsc::Receiver<Out>, CancellationToken) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let slow = CancellationToken::new();
+        (
+            Outbound {
+                tx,
+                slow: slow.clone(),
+            },
+            rx,
+            slow,
+        )
+    }
+
+    pub fn send(&self, frame: ServerFrame) -> Result<(), Gone> {
+        self.push(Out::Frame(frame))
+    }
+
+    pub fn close(&self, code: u16, reason: &str) -> Result<(), Gone> {
+        self.push(Out::Close(code, reason.to_string()))
+    }
+
+    fn push(&self, out: Out) -> Result<(), Gone> {
+        match self.tx.try_send(out) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.slow.cancel();
+                Err(Gone)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(Gone),
+        }
+    }
+}
 
 pub const CLOSE_REPLACED: u16 = 4002;
 pub const CLOSE_CLIENT_ID_TAKEN: u16 = 4003;
@@ -147,7 +201,6 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status_log::Out;
 
     #[test]
     fn replacement_ownership_and_limits() {

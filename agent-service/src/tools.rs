@@ -83,15 +83,6 @@ pub fn article_tool_specs() -> Vec<ToolSpec> {
     ]
 }
 
-pub fn custom_sql_spec() -> ToolSpec {
-    ToolSpec {
-        name: "execute_custom_sql",
-        description:
-            "Run one read-only SELECT query on the News Nexus database (results are capped in rows and bytes).",
-        parameters: json!({"type": "object", "properties": {"sql": {"type": "string"}}, "required": ["sql"]}),
-    }
-}
-
 const APPROVED: &str = r#"SELECT CAST(a."id" AS TEXT) AS "articleId", a."title" AS "title", a."publicationName" AS "publication",
  CAST(a."publishedDate" AS TEXT) AS "publishedDate", CAST(aa."userId" AS TEXT) AS "approvedBy", a."url" AS "url"
  FROM "ArticleApproveds" aa JOIN "Articles" a ON a."id" = aa."articleId" WHERE aa."isApproved" IS TRUE"#;

@@ -24,8 +24,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::{self, AgentCtx, AgentError};
 use crate::app::AppState;
+use crate::hub::{Out, Outbound};
 use crate::llm::{Llm, Role};
-use crate::status_log::{Out, Outbound, Reporter};
+use crate::status_log::Reporter;
 
 pub const CLOSE_INVALID_PROVIDER: u16 = 4000;
 pub const CLOSE_SLOW_CONSUMER: u16 = 1013;

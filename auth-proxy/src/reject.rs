@@ -80,14 +80,6 @@ impl Reject {
         }
     }
 
-    /// The detail for logs.
-    pub fn reason(self) -> &'static str {
-        match self {
-            Reject::InvalidToken(r) => r,
-            other => other.code(),
-        }
-    }
-
     /// The `WWW-Authenticate` value for 401s: `error="invalid_token"` when a token was given.
     pub fn challenge(self) -> Option<&'static str> {
         match self {

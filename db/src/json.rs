@@ -35,7 +35,7 @@ where
 pub trait Decodes<DB: Database>: for<'r> Decode<'r, DB> + Type<DB> {}
 impl<DB: Database, T: for<'r> Decode<'r, DB> + Type<DB>> Decodes<DB> for T {}
 
-/// Decodes column `i` as the first type in the list the column's type is compatible with.
+/// Returns column `i` as JSON from the first type in the list the column's type is compatible with.
 macro_rules! first_decodable {
     ($row:expr, $i:expr, $($ty:ty => $to_json:expr),+ $(,)?) => {{
         $(
@@ -46,42 +46,9 @@ macro_rules! first_decodable {
     }};
 }
 
-/// One column as JSON: text, integers, floats, booleans, dates and timestamps (as text);
-/// `"<binary>"` for bytes and `"<unsupported type>"` for anything else (NUMERIC, arrays ...).
-fn column_to_json<R>(row: &R, i: usize) -> Value
-where
-    R: Row,
-    usize: ColumnIndex<R>,
-    String: Decodes<R::Database>,
-    i64: Decodes<R::Database>,
-    i32: Decodes<R::Database>,
-    i16: Decodes<R::Database>,
-    f64: Decodes<R::Database>,
-    f32: Decodes<R::Database>,
-    bool: Decodes<R::Database>,
-    Vec<u8>: Decodes<R::Database>,
-    chrono::NaiveDate: Decodes<R::Database>,
-    chrono::DateTime<chrono::Utc>: Decodes<R::Database>,
-    chrono::NaiveDateTime: Decodes<R::Database>,
-{
-    // Order matters where types overlap: SQLite integers also decode as booleans and i32.
-    first_decodable!(row, i,
-        String => Value::from,
-        i64 => Value::from,
-        i32 => Value::from,
-        i16 => Value::from,
-        f64 => Value::from,
-        f32 => Value::from,
-        bool => Value::from,
-        chrono::NaiveDate => |d: chrono::NaiveDate| Value::from(d.to_string()),
-        chrono::DateTime<chrono::Utc> => |d: chrono::DateTime<chrono::Utc>| Value::from(d.to_rfc3339()),
-        chrono::NaiveDateTime => |d: chrono::NaiveDateTime| Value::from(d.to_string()),
-        Vec<u8> => |_| Value::from("<binary>"),
-    );
-    Value::from("<unsupported type>")
-}
-
-/// A row as a JSON object keyed by column name (see [`column_to_json`] for the value mapping).
+/// A row as a JSON object keyed by column name. Values: text, integers, floats, booleans, dates and
+/// timestamps (as text); `"<binary>"` for bytes and `"<unsupported type>"` for anything else
+/// (NUMERIC, arrays ...).
 pub fn row_to_json<R>(row: &R) -> Map<String, Value>
 where
     R: Row,
@@ -98,9 +65,26 @@ where
     chrono::DateTime<chrono::Utc>: Decodes<R::Database>,
     chrono::NaiveDateTime: Decodes<R::Database>,
 {
+    let column = |i: usize| -> Value {
+        // Order matters where types overlap: SQLite integers also decode as booleans and i32.
+        first_decodable!(row, i,
+            String => Value::from,
+            i64 => Value::from,
+            i32 => Value::from,
+            i16 => Value::from,
+            f64 => Value::from,
+            f32 => Value::from,
+            bool => Value::from,
+            chrono::NaiveDate => |d: chrono::NaiveDate| Value::from(d.to_string()),
+            chrono::DateTime<chrono::Utc> => |d: chrono::DateTime<chrono::Utc>| Value::from(d.to_rfc3339()),
+            chrono::NaiveDateTime => |d: chrono::NaiveDateTime| Value::from(d.to_string()),
+            Vec<u8> => |_| Value::from("<binary>"),
+        );
+        Value::from("<unsupported type>")
+    };
     row.columns()
         .iter()
         .enumerate()
-        .map(|(i, col)| (col.name().to_string(), column_to_json(row, i)))
+        .map(|(i, col)| (col.name().to_string(), column(i)))
         .collect()
 }

@@ -11,10 +11,11 @@ use std::time::Instant;
 use serde_json::{json, Value};
 use shared::status_log::{char_count, Progress};
 
+use crate::hub::Gone;
 use crate::llm::{prompt_chars, ChatMessage, Llm, LlmError, LlmReply, LlmRequest};
 use crate::newsnexus::{NewsDb, Rows};
 use crate::sql_exec::SqlRunner;
-use crate::status_log::{Gone, Reporter};
+use crate::status_log::Reporter;
 use crate::tools::{self, ToolError};
 
 /// Everything an agent needs for one message.

@@ -19,16 +19,15 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use shared::identity::{Identity, Signer};
 use test_support::{now_unix, TEST_IDENTITY_SECRET};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub const STEP: Duration = Duration::from_secs(15);
 
 pub struct Agent {
     pub port: u16,
     pub state: Arc<AppState>,
+    /// Holds the agent's own store file; removed with the agent.
+    _store_dir: tempfile::TempDir,
 }
 
 impl Agent {
@@ -38,8 +37,9 @@ impl Agent {
         env.insert("IDENTITY_SECRET".into(), TEST_IDENTITY_SECRET.into());
         env.insert("DATABASE_URL".into(), database_url.into());
         env.insert("LLM_TIMEOUT_SECS".into(), "5".into());
-        // Each agent gets its own store file unless the test names one.
-        let store = std::env::temp_dir().join(format!("agent-store-{}.db", uuid::Uuid::new_v4()));
+        // Each agent gets its own store file, removed with it, unless the test names one.
+        let store_dir = test_support::temp_dir();
+        let store = store_dir.path().join("agent-store.db");
         env.insert(
             "AGENT_STORE_URL".into(),
             format!("sqlite://{}?mode=rwc", store.display()),
@@ -55,7 +55,11 @@ impl Agent {
         tokio::spawn(async move {
             axum::serve(listener, app).await.ok();
         });
-        Agent { port, state }
+        Agent {
+            port,
+            state,
+            _store_dir: store_dir,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -115,30 +119,17 @@ pub fn identity_headers(
         .collect()
 }
 
-pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub type Socket = test_support::ws::Socket;
 
+/// A handshake through `test_support::ws`, with the refusal's status and body.
 pub async fn ws_connect(url: &str, headers: &[(String, String)]) -> Result<Socket, (u16, String)> {
-    let mut req = url.into_client_request().unwrap();
-    for (k, v) in headers {
-        req.headers_mut().insert(
-            tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-            v.parse().unwrap(),
-        );
-    }
-    match tokio::time::timeout(STEP, tokio_tungstenite::connect_async(req))
+    let headers: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    test_support::ws::handshake(url, &headers, STEP)
         .await
-        .expect("handshake in time")
-    {
-        Ok((s, _)) => Ok(s),
-        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err((
-            r.status().as_u16(),
-            r.body()
-                .as_ref()
-                .map(|b| String::from_utf8_lossy(b).into_owned())
-                .unwrap_or_default(),
-        )),
-        Err(e) => Err((0, e.to_string())),
-    }
+        .map_err(|(status, body, _)| (status, body))
 }
 
 pub async fn send(s: &mut Socket, v: Value) {

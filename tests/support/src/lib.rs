@@ -15,10 +15,11 @@ use sqlx::{Connection, Executor};
 
 pub mod ws;
 
-/// The fixture as SQLite statements (the shapes NewsNexus10 uses).
-pub const FIXTURE_SQLITE: &str = include_str!("../../fixtures/newsnexus-sqlite.sql");
+/// The fixture as SQLite statements (the shapes NewsNexus10 uses): agent-service's demo data.
+pub const FIXTURE_SQLITE: &str = include_str!("../../../agent-service/demo/newsnexus-sqlite.sql");
 /// The fixture as PostgreSQL statements (Sequelize's quoted identifiers, NewsNexus12).
-pub const FIXTURE_POSTGRES: &str = include_str!("../../fixtures/newsnexus-postgres.sql");
+pub const FIXTURE_POSTGRES: &str =
+    include_str!("../../../agent-service/demo/newsnexus-postgres.sql");
 
 /// The secret the tests sign tokens with (at least 32 bytes, so no weak-secret opt-in is needed).
 pub const TEST_JWT_SECRET: &str = "test-jwt-secret-that-is-at-least-32-bytes-long";
