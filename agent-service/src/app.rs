@@ -8,9 +8,10 @@ use shared::identity::Verifier;
 
 use crate::config::Config;
 use crate::hub::Hub;
-use crate::identity::{self, MAX_ASSERTION_AGE_SECS};
+use crate::identity;
 use crate::metrics::Metrics;
 use crate::newsnexus::NewsDb;
+use crate::replay::ReplayGuard;
 use crate::sql_exec::SqlRunner;
 use crate::store::Store;
 use crate::{http, sessions_api, ws};
@@ -18,6 +19,7 @@ use crate::{http, sessions_api, ws};
 pub struct AppState {
     pub config: Config,
     pub verifier: Verifier,
+    pub replay: ReplayGuard,
     pub db: NewsDb,
     pub sql: SqlRunner,
     pub metrics: Arc<Metrics>,
@@ -40,7 +42,11 @@ impl AppState {
             .await
             .map_err(|e| anyhow::anyhow!("AGENT_STORE_URL: {e}"))?;
         Ok(AppState {
-            verifier: Verifier::new(config.identity_secret.as_bytes(), MAX_ASSERTION_AGE_SECS),
+            verifier: Verifier::new(
+                config.identity_secret.as_bytes(),
+                config.identity_max_age_secs,
+            ),
+            replay: ReplayGuard::new(config.identity_max_age_secs, config.identity_nonce_capacity),
             db,
             sql,
             metrics: Arc::new(Metrics::new()),

@@ -38,6 +38,14 @@ pub struct Config {
     pub store_url: String,
     /// `AGENT_SQL_*`: the custom-SQL policy and limits.
     pub sql: crate::sql_exec::SqlSettings,
+    /// `AGENT_IDENTITY_MAX_AGE_SECS`, default 10 (1–300): how old a proxy assertion may be, and how
+    /// long its nonce is remembered.
+    pub identity_max_age_secs: u64,
+    /// `AGENT_IDENTITY_NONCE_CAPACITY`, default 1,000,000: the most nonces remembered at once.
+    pub identity_nonce_capacity: usize,
+    /// `AGENT_MAX_SESSIONS_PER_USER`, default 1000: past it, a new session evicts the user's least
+    /// recently updated one.
+    pub max_sessions_per_user: u64,
 }
 
 pub const PROVIDERS: [&str; 3] = ["offline", "openai", "ollama"];
@@ -139,6 +147,21 @@ impl Config {
                     .display()
             )
         });
+        let identity_max_age_secs = number(env, "AGENT_IDENTITY_MAX_AGE_SECS", 10u64)?;
+        if !(1..=300).contains(&identity_max_age_secs) {
+            return Err(err(
+                "AGENT_IDENTITY_MAX_AGE_SECS",
+                "must be between 1 and 300",
+            ));
+        }
+        let identity_nonce_capacity = number(env, "AGENT_IDENTITY_NONCE_CAPACITY", 1_000_000usize)?;
+        if identity_nonce_capacity == 0 {
+            return Err(err("AGENT_IDENTITY_NONCE_CAPACITY", "must be at least 1"));
+        }
+        let max_sessions_per_user = number(env, "AGENT_MAX_SESSIONS_PER_USER", 1000u64)?;
+        if max_sessions_per_user == 0 {
+            return Err(err("AGENT_MAX_SESSIONS_PER_USER", "must be at least 1"));
+        }
         let max_steps = number(env, "AGENT_MAX_STEPS", 4usize)?;
         if max_steps == 0 {
             return Err(err("AGENT_MAX_STEPS", "must be at least 1"));
@@ -163,6 +186,9 @@ impl Config {
             outbound_queue: number(env, "AGENT_OUTBOUND_QUEUE", 256usize)?.max(8),
             store_url,
             sql: crate::sql_exec::SqlSettings::load(env)?,
+            identity_max_age_secs,
+            identity_nonce_capacity,
+            max_sessions_per_user,
         })
     }
 
@@ -197,6 +223,8 @@ mod tests {
         assert_eq!(c.database_url, "sqlite:///srv/db/newsnexus10.db");
         assert_eq!(c.default_provider, "offline");
         assert_eq!(c.max_steps, 4);
+        assert_eq!(c.identity_max_age_secs, 10);
+        assert_eq!(c.max_sessions_per_user, 1000);
     }
 
     #[test]

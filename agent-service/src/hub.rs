@@ -1,8 +1,8 @@
-//! The registry of live connections, by client id and by user, and each connection's bounded
-//! outbound queue ([`Outbound`]). A user reconnecting with the same
-//! client id replaces the old connection (closed 4002 "replaced"); a client id held by another user
-//! is refused (4003); a user holds at most N connections (4008). Events can go to every
-//! connection of a user.
+//! The registry of live connections, keyed by (user id, client id) and grouped by user, and each
+//! connection's bounded outbound queue ([`Outbound`]). Client ids are scoped by user: two users may
+//! hold the same client id without affecting each other. A user reconnecting with the same client id
+//! replaces the old connection (closed 4002 "replaced"); a user holds at most N connections (4008).
+//! Events can go to every connection of a user.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -65,33 +65,29 @@ impl Outbound {
 }
 
 pub const CLOSE_REPLACED: u16 = 4002;
-pub const CLOSE_CLIENT_ID_TAKEN: u16 = 4003;
 pub const CLOSE_TOO_MANY: u16 = 4008;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
-    ClientIdTaken,
     TooManyConnections,
 }
 
 impl Refusal {
     pub fn close(self) -> (u16, &'static str) {
         match self {
-            Refusal::ClientIdTaken => (CLOSE_CLIENT_ID_TAKEN, "client id in use by another user"),
             Refusal::TooManyConnections => (CLOSE_TOO_MANY, "too many connections for this user"),
         }
     }
 }
 
 struct Entry {
-    user_id: i64,
     conn_id: u64,
     out: Outbound,
 }
 
 #[derive(Default)]
 struct Inner {
-    by_client: HashMap<String, Entry>,
+    by_client: HashMap<(i64, String), Entry>,
     by_user: HashMap<i64, HashSet<String>>,
     next_conn: u64,
 }
@@ -117,25 +113,15 @@ impl Hub {
     /// is told to close (4002) and replaced.
     pub fn register(&self, client_id: &str, user_id: i64, out: Outbound) -> Result<u64, Refusal> {
         let mut g = self.lock();
-        let replacing = match g.by_client.get(client_id) {
-            Some(e) if e.user_id != user_id => return Err(Refusal::ClientIdTaken),
-            Some(_) => true,
-            None => false,
-        };
+        let key = (user_id, client_id.to_string());
+        let replacing = g.by_client.contains_key(&key);
         let held = g.by_user.get(&user_id).map_or(0, HashSet::len);
         if !replacing && held >= self.max_per_user {
             return Err(Refusal::TooManyConnections);
         }
         g.next_conn += 1;
         let conn_id = g.next_conn;
-        if let Some(old) = g.by_client.insert(
-            client_id.to_string(),
-            Entry {
-                user_id,
-                conn_id,
-                out,
-            },
-        ) {
+        if let Some(old) = g.by_client.insert(key, Entry { conn_id, out }) {
             let _ = old.out.close(CLOSE_REPLACED, "replaced");
         }
         g.by_user
@@ -146,16 +132,13 @@ impl Hub {
     }
 
     /// Removes a connection, unless it was already replaced by a newer one.
-    pub fn unregister(&self, client_id: &str, conn_id: u64) {
+    pub fn unregister(&self, client_id: &str, user_id: i64, conn_id: u64) {
         let mut g = self.lock();
-        let Some(e) = g.by_client.get(client_id) else {
-            return;
-        };
-        if e.conn_id != conn_id {
+        let key = (user_id, client_id.to_string());
+        if g.by_client.get(&key).is_none_or(|e| e.conn_id != conn_id) {
             return;
         }
-        let user_id = e.user_id;
-        g.by_client.remove(client_id);
+        g.by_client.remove(&key);
         if let Some(set) = g.by_user.get_mut(&user_id) {
             set.remove(client_id);
             if set.is_empty() {
@@ -184,7 +167,7 @@ impl Hub {
         clients
             .iter()
             .filter(|c| Some(c.as_str()) != except)
-            .filter_map(|c| g.by_client.get(c))
+            .filter_map(|c| g.by_client.get(&(user_id, c.clone())))
             .filter(|e| e.out.send(frame.clone()).is_ok())
             .count()
     }
@@ -208,13 +191,9 @@ mod tests {
         let (a, mut a_rx, _) = Outbound::new(8);
         let (b, _b_rx, _) = Outbound::new(8);
         let first = hub.register("c1", 1, a).unwrap();
-        assert_eq!(
-            hub.register("c1", 2, b.clone()),
-            Err(Refusal::ClientIdTaken)
-        );
         let second = hub.register("c1", 1, b.clone()).unwrap();
         assert!(matches!(a_rx.try_recv(), Ok(Out::Close(4002, _))));
-        hub.unregister("c1", first);
+        hub.unregister("c1", 1, first);
         assert_eq!(
             hub.count(),
             1,
@@ -226,7 +205,29 @@ mod tests {
             Err(Refusal::TooManyConnections)
         );
         assert_eq!(hub.send_to_user(1, &ServerFrame::Pong), 2);
-        hub.unregister("c1", second);
+        hub.unregister("c1", 1, second);
         assert_eq!(hub.count_for(1), 1);
+    }
+
+    #[test]
+    fn client_ids_are_scoped_by_user() {
+        let hub = Hub::new(2);
+        let (a, mut a_rx, _) = Outbound::new(8);
+        let (b, mut b_rx, _) = Outbound::new(8);
+        let ada = hub.register("ada-laptop-1", 1, a).unwrap();
+        let other = hub.register("ada-laptop-1", 2, b).unwrap();
+        assert!(a_rx.try_recv().is_err(), "ada's connection is untouched");
+        assert_eq!(hub.count(), 2);
+        assert_eq!(hub.send_to_user(1, &ServerFrame::Pong), 1);
+        assert!(matches!(a_rx.try_recv(), Ok(Out::Frame(_))));
+        assert!(
+            b_rx.try_recv().is_err(),
+            "user 2 gets none of user 1's frames"
+        );
+        hub.unregister("ada-laptop-1", 2, ada);
+        assert_eq!(hub.count(), 2, "another user's conn id removes nothing");
+        hub.unregister("ada-laptop-1", 2, other);
+        assert_eq!(hub.count_for(1), 1);
+        assert_eq!(hub.count_for(2), 0);
     }
 }

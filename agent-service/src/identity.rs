@@ -1,6 +1,8 @@
 //! Who is calling: identity comes only from auth-proxy, as `x-user-*` headers with an
-//! `x-identity-assertion` that must verify (HMAC with `IDENTITY_SECRET`, at most 60 s old, bound to
-//! this request's method and path). Anything else is 401 with a JSON error.
+//! `x-identity-assertion` that must verify (HMAC with `IDENTITY_SECRET`, at most
+//! `AGENT_IDENTITY_MAX_AGE_SECS` old, bound to this request's method, path and query) and whose
+//! nonce was not seen before ([`crate::replay`]). Anything else is 401 with a JSON error (503 when
+//! the replay guard is full).
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -12,14 +14,12 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use shared::error_body::ErrorBody;
 use shared::identity::{
-    AssertionError, Identity, ReceivedIdentity, Verifier, HEADER_ASSERTION, HEADER_USER_ADMIN,
-    HEADER_USER_ID, HEADER_USER_NAME,
+    AssertionError, BoundRequest, Identity, ReceivedIdentity, Verifier, HEADER_ASSERTION,
+    HEADER_USER_ADMIN, HEADER_USER_ID, HEADER_USER_NAME,
 };
 
 use crate::app::AppState;
-
-/// How old an assertion may be.
-pub const MAX_ASSERTION_AGE_SECS: u64 = 60;
+use crate::replay::{ReplayGuard, ReplayRefusal};
 
 /// Paths served without identity: health, service info, and metrics (scraped inside the pod).
 pub fn is_public(path: &str) -> bool {
@@ -30,13 +30,21 @@ fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Checks a request's identity headers.
+/// Why a request's identity was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    Assertion(AssertionError),
+    /// The replay guard holds its maximum of nonces.
+    Busy,
+}
+
+/// Checks a request's identity headers, then lets the replay guard accept its nonce once.
 pub fn verify(
     verifier: &Verifier,
+    guard: &ReplayGuard,
     headers: &HeaderMap,
-    method: &str,
-    path: &str,
-) -> Result<Identity, AssertionError> {
+    request: BoundRequest<'_>,
+) -> Result<Identity, Refused> {
     let received = ReceivedIdentity {
         user_id: header(headers, HEADER_USER_ID),
         user_name: header(headers, HEADER_USER_NAME),
@@ -47,15 +55,42 @@ pub fn verify(
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    verifier.verify(&received, method, path, now)
+    let asserted = verifier
+        .verify(&received, request, now)
+        .map_err(Refused::Assertion)?;
+    match guard.admit(asserted.nonce, asserted.issued_at, now) {
+        Ok(()) => Ok(asserted.identity),
+        Err(ReplayRefusal::Replayed) => Err(Refused::Assertion(AssertionError::Replayed)),
+        Err(ReplayRefusal::Full) => Err(Refused::Busy),
+    }
 }
 
-pub fn refusal(e: &AssertionError) -> Response {
-    let body = ErrorBody::new(
-        e.code(),
-        format!("Requests must come through auth-proxy: {e}."),
-    );
-    (StatusCode::UNAUTHORIZED, Json(body)).into_response()
+impl Refused {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refused::Assertion(e) => e.code(),
+            Refused::Busy => "identity_busy",
+        }
+    }
+}
+
+pub fn refusal(e: &Refused) -> Response {
+    match e {
+        Refused::Assertion(e) => {
+            let body = ErrorBody::new(
+                e.code(),
+                format!("Requests must come through auth-proxy: {e}."),
+            );
+            (StatusCode::UNAUTHORIZED, Json(body)).into_response()
+        }
+        Refused::Busy => {
+            let body = ErrorBody::new(
+                "identity_busy",
+                "Too many requests in the last seconds; try again shortly.",
+            );
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+        }
+    }
 }
 
 /// Middleware: public paths pass; every other request needs a verified identity, which handlers
@@ -64,12 +99,8 @@ pub async fn require(State(state): State<Arc<AppState>>, mut req: Request, next:
     if is_public(req.uri().path()) {
         return next.run(req).await;
     }
-    match verify(
-        &state.verifier,
-        req.headers(),
-        req.method().as_str(),
-        req.uri().path(),
-    ) {
+    let request = BoundRequest::new(req.method().as_str(), req.uri().path(), req.uri().query());
+    match verify(&state.verifier, &state.replay, req.headers(), request) {
         Ok(identity) => {
             req.extensions_mut().insert(identity);
             next.run(req).await

@@ -15,6 +15,8 @@ pub mod identity;
 pub mod llm;
 pub mod metrics;
 pub mod newsnexus;
+pub mod replay;
+pub mod session_page;
 pub mod sessions_api;
 pub mod sql_exec;
 pub mod sql_guard;

@@ -1,10 +1,12 @@
-//! REST for chat sessions, behind the proxy's identity: list, create, read (with messages), delete.
-//! Another user's session answers exactly like a missing one: 404 `not_found`.
+//! REST for chat sessions, behind the proxy's identity: list (in pages, see [`crate::session_page`]),
+//! create (past the per-user cap the least recently updated sessions are evicted), read (with
+//! messages), delete. Another user's session answers exactly like a missing one: 404 `not_found`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -14,6 +16,7 @@ use shared::frames::ServerFrame;
 use shared::identity::Identity;
 
 use crate::app::AppState;
+use crate::session_page::page_request;
 use crate::store::StoreError;
 
 fn not_found() -> Response {
@@ -52,10 +55,49 @@ fn valid_id(id: &str) -> bool {
 pub async fn list(
     State(state): State<Arc<AppState>>,
     Extension(me): Extension<Identity>,
+    Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    match state.store.list_sessions(me.user_id).await {
-        Ok(sessions) => Json(json!({ "sessions": sessions })).into_response(),
+    let page = match page_request(
+        params.get("limit").map(String::as_str),
+        params.get("before").map(String::as_str),
+    ) {
+        Ok(p) => p,
+        Err(message) => return bad_request(&message),
+    };
+    match state.store.list_sessions(me.user_id, &page).await {
+        Ok((sessions, next)) => Json(json!({
+            "sessions": sessions,
+            "next_before": next.map(|c| c.encode()),
+        }))
+        .into_response(),
         Err(e) => unavailable(e),
+    }
+}
+
+/// Keeps the user within `AGENT_MAX_SESSIONS_PER_USER` after `created` was added: the least
+/// recently updated sessions beyond the cap are deleted. Returns how many were.
+pub async fn enforce_session_cap(state: &AppState, user_id: i64, created: &str) -> u64 {
+    let cap = state.config.max_sessions_per_user;
+    match state
+        .store
+        .evict_sessions_beyond(user_id, cap, created)
+        .await
+    {
+        Ok(n) => {
+            if n > 0 {
+                tracing::info!(
+                    user_id,
+                    evicted = n,
+                    cap,
+                    "session cap reached: oldest sessions deleted"
+                );
+            }
+            n
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            0
+        }
     }
 }
 
@@ -82,6 +124,7 @@ pub async fn create(
         .await
     {
         Ok(session) => {
+            enforce_session_cap(&state, me.user_id, &session.id).await;
             state
                 .hub
                 .send_to_user(me.user_id, &ServerFrame::SessionsChanged);

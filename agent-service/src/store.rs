@@ -11,6 +11,7 @@ use db::with_pool;
 use serde::Serialize;
 
 use crate::llm::{ChatMessage, Role};
+use crate::session_page::{Cursor, PageRequest};
 
 /// Longest generated or given title, in characters.
 pub const MAX_TITLE_CHARS: usize = 60;
@@ -126,22 +127,59 @@ impl Store {
 
     /// Creates the session row for `id` if it does not exist yet (sessions are written on their
     /// first message, so connecting alone leaves no empty sessions behind).
-    pub async fn ensure_session(&self, user_id: i64, id: &str) -> Result<(), StoreError> {
+    /// Returns true when the row was created now.
+    pub async fn ensure_session(&self, user_id: i64, id: &str) -> Result<bool, StoreError> {
         let now = now_ms();
         let q = "INSERT INTO chat_sessions (id, user_id, title, created_at, updated_at) VALUES ($1, $2, NULL, $3, $3) \
              ON CONFLICT (id) DO NOTHING";
-        with_pool!(&self.pool, p => sqlx::query(q).bind(id).bind(user_id).bind(now).execute(p).await.map(|_| ()))?;
-        Ok(())
+        let done = with_pool!(&self.pool, p => sqlx::query(q).bind(id).bind(user_id).bind(now).execute(p).await.map(|r| r.rows_affected()))?;
+        Ok(done > 0)
     }
 
-    /// The user's sessions, most recently updated first.
-    pub async fn list_sessions(&self, user_id: i64) -> Result<Vec<SessionSummary>, StoreError> {
+    /// One page of the user's sessions, most recently updated first (ties by id), and the cursor
+    /// of the next page if there is one.
+    pub async fn list_sessions(
+        &self,
+        user_id: i64,
+        page: &PageRequest,
+    ) -> Result<(Vec<SessionSummary>, Option<Cursor>), StoreError> {
         let q = format!(
-            "{SESSION_COLUMNS} WHERE s.user_id = $1 ORDER BY s.updated_at DESC, s.created_at DESC"
+            "{SESSION_COLUMNS} WHERE s.user_id = $1 AND (s.updated_at < $2 OR (s.updated_at = $2 AND s.id < $3)) \
+             ORDER BY s.updated_at DESC, s.id DESC LIMIT $4"
         );
-        let rows: Vec<SessionRow> =
-            with_pool!(&self.pool, p => sqlx::query_as(&q).bind(user_id).fetch_all(p).await)?;
-        Ok(rows.into_iter().map(summary).collect())
+        let (before_ms, before_id) = match &page.before {
+            Some(c) => (c.updated_ms, c.id.as_str()),
+            None => (i64::MAX, ""),
+        };
+        let fetch = i64::from(page.limit) + 1;
+        let mut rows: Vec<SessionRow> = with_pool!(&self.pool, p => sqlx::query_as(&q)
+            .bind(user_id).bind(before_ms).bind(before_id).bind(fetch).fetch_all(p).await)?;
+        let next = if rows.len() > page.limit as usize {
+            rows.truncate(page.limit as usize);
+            rows.last().map(|(id, _, _, updated, _)| Cursor {
+                updated_ms: *updated,
+                id: id.clone(),
+            })
+        } else {
+            None
+        };
+        Ok((rows.into_iter().map(summary).collect(), next))
+    }
+
+    /// Deletes the user's least recently updated sessions (with their messages) beyond the newest
+    /// `keep`, never `except` (the session just created). Returns how many were deleted.
+    pub async fn evict_sessions_beyond(
+        &self,
+        user_id: i64,
+        keep: u64,
+        except: &str,
+    ) -> Result<u64, StoreError> {
+        let q = "DELETE FROM chat_sessions WHERE user_id = $1 AND id IN \
+             (SELECT id FROM chat_sessions WHERE user_id = $1 ORDER BY updated_at DESC, id DESC \
+             LIMIT 9223372036854775807 OFFSET $2) AND id <> $3";
+        let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+        let done = with_pool!(&self.pool, p => sqlx::query(q).bind(user_id).bind(keep).bind(except).execute(p).await.map(|r| r.rows_affected()))?;
+        Ok(done)
     }
 
     /// One of the user's sessions; `None` when missing or another user's.

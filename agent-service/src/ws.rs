@@ -26,6 +26,7 @@ use crate::agent::{self, AgentCtx, AgentError};
 use crate::app::AppState;
 use crate::hub::{Out, Outbound};
 use crate::llm::{Llm, Role};
+use crate::sessions_api::enforce_session_cap;
 use crate::status_log::Reporter;
 
 pub const CLOSE_INVALID_PROVIDER: u16 = 4000;
@@ -137,7 +138,7 @@ async fn connection(
     done.cancel();
     worker.abort();
     let _ = writer.await;
-    state.hub.unregister(&client_id, conn_id);
+    state.hub.unregister(&client_id, identity.user_id, conn_id);
     state.metrics.websocket_active.dec();
 }
 
@@ -275,9 +276,10 @@ impl Chat {
         let created = !self.session.stored.load(Ordering::SeqCst);
         let saved = async {
             if created {
-                store
-                    .ensure_session(self.user.user_id, &self.session.id)
-                    .await?;
+                let user_id = self.user.user_id;
+                if store.ensure_session(user_id, &self.session.id).await? {
+                    enforce_session_cap(&self.state, user_id, &self.session.id).await;
+                }
                 self.session.stored.store(true, Ordering::SeqCst);
             }
             store.add_message(&self.session.id, "user", content).await

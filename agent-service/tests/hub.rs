@@ -1,4 +1,4 @@
-//! The connection hub: replacement, ownership of client ids, per-user and size limits, slow consumers.
+//! The connection hub: replacement, client ids scoped by user, per-user and size limits, slow consumers.
 
 mod common;
 
@@ -14,7 +14,7 @@ async fn agent(extra: &[(&str, String)]) -> (tempfile::TempDir, Agent) {
 }
 
 #[tokio::test]
-async fn reconnecting_replaces_and_client_ids_belong_to_their_user() {
+async fn reconnecting_replaces_and_client_ids_are_scoped_by_user() {
     let (_d, agent) = agent(&[]).await;
     let mut first = agent.connect(&ada(), "tab-1", "").await.unwrap();
     greeted(&mut first).await;
@@ -22,11 +22,19 @@ async fn reconnecting_replaces_and_client_ids_belong_to_their_user() {
     greeted(&mut second).await;
     assert_eq!(closed_with(&mut first).await, Some(4002));
 
-    let mut thief = agent.connect(&grace(), "tab-1", "").await.unwrap();
-    assert_eq!(closed_with(&mut thief).await, Some(4003));
+    // Another user holding the same client id gets a connection of their own; ada's stays.
+    let mut other = agent.connect(&grace(), "tab-1", "").await.unwrap();
+    greeted(&mut other).await;
     send(&mut second, json!({"type": "ping"})).await;
     assert_eq!(frame(&mut second).await, json!({"type": "pong"}));
-    assert_eq!(agent.state.hub.count(), 1);
+    send(&mut other, json!({"type": "ping"})).await;
+    assert_eq!(frame(&mut other).await, json!({"type": "pong"}));
+    assert_eq!(agent.state.hub.count(), 2);
+    assert_eq!(agent.state.hub.count_for(ada().user_id), 1);
+    drop(other);
+    // grace leaving does not unregister ada's connection.
+    send(&mut second, json!({"type": "ping"})).await;
+    assert_eq!(frame(&mut second).await, json!({"type": "pong"}));
 }
 
 #[tokio::test]

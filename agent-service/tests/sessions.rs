@@ -27,19 +27,8 @@ async fn api(
     path: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let http = reqwest::Client::new();
-    let url = format!("http://127.0.0.1:{port}{path}");
-    let mut req = http.request(method.parse().unwrap(), url).timeout(STEP);
-    for (k, v) in identity_headers(user, method, path, now_unix()) {
-        req = req.header(k, v);
-    }
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    let headers = identity_headers(user, method, path, now_unix());
+    send_signed(port, method, path, &headers, body).await
 }
 
 async fn chat_once(agent: &Agent, user: &Identity, query: &str, text: &str) -> String {

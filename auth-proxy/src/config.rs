@@ -22,6 +22,9 @@ pub struct Config {
     pub upstream: String,
     pub threads: usize,
     pub forward_credentials: bool,
+    /// Adopt a client's `x-request-id` instead of always making a new one (logs a warning: clients
+    /// can then choose the id the logs and the upstream see).
+    pub trust_client_request_id: bool,
     pub websocket_idle_timeout_secs: u64,
     /// Per-connection read buffer of the edge listener, in bytes (0: none, reads go to the socket).
     /// Every open tunnel holds one, so it sets most of the memory an idle WebSocket costs.
@@ -156,6 +159,7 @@ impl Default for Config {
             upstream: "127.0.0.1:8000".into(),
             threads: 1,
             forward_credentials: false,
+            trust_client_request_id: false,
             websocket_idle_timeout_secs: 3600,
             read_buffer_bytes: DEFAULT_READ_BUFFER_BYTES,
             shutdown_grace_secs: 15,
@@ -543,6 +547,9 @@ impl Config {
         }
         if self.forward_credentials {
             w.push("forward_credentials is on: the client's token and Authorization header reach the upstream".into());
+        }
+        if self.trust_client_request_id {
+            w.push("trust_client_request_id is on: a client's x-request-id is adopted in the logs and sent upstream".into());
         }
         w
     }

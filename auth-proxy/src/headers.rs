@@ -1,5 +1,6 @@
 //! Header hygiene: which client headers must never reach the upstream (the reserved identity
-//! prefixes, also when named in `Connection`), the request id, and the forwarded-for headers.
+//! prefixes in any spelling, also when named in `Connection`; the forwarding headers the proxy owns),
+//! the request id, and the forwarded-for headers.
 
 use std::net::IpAddr;
 
@@ -9,6 +10,39 @@ use shared::identity::is_reserved_header;
 pub fn reserved_present<'a>(names: impl Iterator<Item = &'a str>) -> Vec<String> {
     let mut out: Vec<String> = names
         .filter(|n| is_reserved_header(n))
+        .map(str::to_ascii_lowercase)
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Forwarding headers a client may only send through a trusted proxy; from anyone else they are
+/// deleted (the proxy sets `X-Forwarded-For` and `X-Forwarded-Proto` itself).
+pub const PROXY_ONLY: [&str; 4] = [
+    "forwarded",
+    "x-real-ip",
+    "x-forwarded-host",
+    "x-forwarded-port",
+];
+
+/// Headers the proxy writes itself; their underscore spellings (`x_forwarded_for`) would reach a
+/// CGI-style upstream under the same variable, so they are always deleted.
+const PROXY_WRITTEN: [&str; 3] = ["x-forwarded-for", "x-forwarded-proto", "x-request-id"];
+
+/// Names of the forwarding headers to delete from a client request: underscore spellings of any
+/// forwarding header or of the request id always, and [`PROXY_ONLY`] unless the peer is trusted.
+pub fn forwarding_present<'a>(
+    names: impl Iterator<Item = &'a str>,
+    peer_trusted: bool,
+) -> Vec<String> {
+    let mut out: Vec<String> = names
+        .filter(|n| {
+            let normal = n.to_ascii_lowercase().replace('_', "-");
+            let known =
+                PROXY_ONLY.contains(&normal.as_str()) || PROXY_WRITTEN.contains(&normal.as_str());
+            known && (n.contains('_') || (!peer_trusted && PROXY_ONLY.contains(&normal.as_str())))
+        })
         .map(str::to_ascii_lowercase)
         .collect();
     out.sort();
@@ -26,9 +60,10 @@ pub fn clean_connection(value: &str) -> Option<String> {
     (!kept.is_empty()).then(|| kept.join(", "))
 }
 
-/// The client's request id if sane (1–128 of `A-Za-z0-9._:-`), else a new UUID.
-pub fn request_id(given: Option<&[u8]>) -> String {
-    match given {
+/// The request id: the client's, if adopting it is configured (`trust_client_request_id`) and it
+/// is sane (1–128 of `A-Za-z0-9._:-`), else a new UUID.
+pub fn request_id(given: Option<&[u8]>, adopt: bool) -> String {
+    match given.filter(|_| adopt) {
         Some(v)
             if (1..=128).contains(&v.len())
                 && v.iter().all(|b| {
@@ -133,12 +168,67 @@ mod tests {
     }
 
     #[test]
+    fn underscore_spellings_of_identity_headers_are_found() {
+        let names = [
+            "x_user_id",
+            "X_User_Admin",
+            "x_identity_assertion",
+            "x_auth_x",
+            "x_other",
+        ];
+        assert_eq!(
+            reserved_present(names.into_iter()),
+            vec![
+                "x_auth_x",
+                "x_identity_assertion",
+                "x_user_admin",
+                "x_user_id"
+            ]
+        );
+        assert_eq!(
+            clean_connection("Upgrade, x_user_id").as_deref(),
+            Some("Upgrade")
+        );
+    }
+
+    #[test]
+    fn forwarding_headers_only_from_trusted_proxies() {
+        let names = [
+            "Forwarded",
+            "X-Real-IP",
+            "x-forwarded-host",
+            "X-Forwarded-For",
+            "x_forwarded_for",
+            "X_Real_IP",
+            "x_request_id",
+            "x-request-id",
+            "host",
+        ];
+        assert_eq!(
+            forwarding_present(names.into_iter(), false),
+            vec![
+                "forwarded",
+                "x-forwarded-host",
+                "x-real-ip",
+                "x_forwarded_for",
+                "x_real_ip",
+                "x_request_id"
+            ]
+        );
+        assert_eq!(
+            forwarding_present(names.into_iter(), true),
+            vec!["x_forwarded_for", "x_real_ip", "x_request_id"]
+        );
+    }
+
+    #[test]
     fn request_ids() {
-        assert_eq!(request_id(Some(b"abc-123")), "abc-123");
-        assert_ne!(request_id(Some(b"bad id")), "bad id");
-        assert_ne!(request_id(Some(b"")), "");
-        assert_eq!(request_id(Some(&[b'a'; 129])).len(), 36);
-        assert_eq!(request_id(None).len(), 36);
+        assert_eq!(request_id(Some(b"abc-123"), true), "abc-123");
+        assert_ne!(request_id(Some(b"abc-123"), false), "abc-123");
+        assert_ne!(request_id(Some(b"bad id"), true), "bad id");
+        assert_ne!(request_id(Some(b""), true), "");
+        assert_eq!(request_id(Some(&[b'a'; 129]), true).len(), 36);
+        assert_eq!(request_id(None, true).len(), 36);
     }
 
     #[test]

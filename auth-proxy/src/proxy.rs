@@ -1,14 +1,17 @@
 //! The edge's decisions and pingora-proxy's `ProxyHttp` for plain HTTP, in request order.
 //!
 //! 1. `request_filter`: [`Edge::identify_request`] (request id, client IP, route), then
-//!    [`Edge::decide`]: drain, public routes, throttle, token, JWT, revocations, user row, admin check, WebSocket
-//!    check. Any failure is answered here, as JSON, before any upstream contact and before the upgrade.
+//!    [`Edge::decide`]: raw-path check (dot-segments, encoded separators: 400 `bad_request`), drain,
+//!    public routes, token, JWT, revocations, user row (a failure from a throttled IP becomes 429),
+//!    admin check, WebSocket check. Any failure is answered here, as JSON, before any upstream
+//!    contact and before the upgrade.
 //!    The WebSocket endpoint runs the same two functions in [`crate::tunnel`], which owns its
 //!    connections (see [`crate::connection`]).
 //! 2. `upstream_peer`: the agent.
 //! 3. `upstream_request_filter`: [`Edge::prepare_upstream_request`]: strip the token and
-//!    `Authorization`, delete every client identity header, inject the signed identity, request id
-//!    and forwarded headers.
+//!    `Authorization`, delete every client identity header (dashed or underscored) and, unless the
+//!    peer is a trusted proxy, `Forwarded`, `X-Real-IP`, `X-Forwarded-Host/Port`; inject the signed
+//!    identity (bound to method, path and query), request id and forwarded headers.
 //! 4. `response_filter`: the request id on the answer.
 //! 5. `fail_to_proxy`: an unreachable upstream becomes 502 `upstream_unavailable` (JSON).
 //! 6. `logging`: the access line and the metrics.
@@ -23,14 +26,15 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::protocols::http::v1::common::is_upgrade_req;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
-use shared::identity::Identity;
+use shared::identity::{BoundRequest, Identity};
 use tracing::{info, warn};
 
 use crate::headers;
 use crate::reject::Reject;
 use crate::revocations::TokenFacts;
-use crate::routes::Route;
+use crate::routes::{self, Route};
 use crate::state::{now_unix, AppState};
+use crate::throttle;
 use crate::token;
 use crate::users::User;
 
@@ -235,17 +239,19 @@ impl Edge {
             );
             upstream.remove_header("authorization");
         }
-        sanitise(upstream)?;
+        let peer_trusted = ctx
+            .peer
+            .is_some_and(|p| headers::in_networks(p, &self.state.trusted));
+        sanitise(upstream, peer_trusted)?;
         if let Some(user) = &ctx.user {
             let identity = Identity {
                 user_id: user.id,
                 username: user.username.clone(),
                 is_admin: user.is_admin,
             };
-            let signed =
-                self.state
-                    .signer
-                    .sign(&identity, method.as_str(), upstream.uri.path(), now_unix());
+            let bound =
+                BoundRequest::new(method.as_str(), upstream.uri.path(), upstream.uri.query());
+            let signed = self.state.signer.sign(&identity, bound, now_unix());
             for (name, value) in signed.pairs() {
                 upstream.insert_header(name, value)?;
             }
@@ -313,7 +319,10 @@ impl Edge {
         peer: Option<IpAddr>,
         ctx: &mut RequestCtx,
     ) {
-        ctx.request_id = headers::request_id(req.headers.get("x-request-id").map(|v| v.as_bytes()));
+        ctx.request_id = headers::request_id(
+            req.headers.get("x-request-id").map(|v| v.as_bytes()),
+            self.state.config.trust_client_request_id,
+        );
         ctx.route = self.state.routes.classify(req.uri.path());
         ctx.forwarded_for = header_str(req, "x-forwarded-for").map(str::to_string);
         ctx.peer = peer;
@@ -329,6 +338,10 @@ impl Edge {
         req: &RequestHeader,
         ctx: &mut RequestCtx,
     ) -> std::result::Result<(), Reject> {
+        if routes::check_raw_path(req.uri.path()).is_err() {
+            ctx.outcome = Reject::BadPath.code();
+            return Err(Reject::BadPath);
+        }
         if self.state.health.is_draining() {
             ctx.outcome = Reject::ShuttingDown.code();
             return Err(Reject::ShuttingDown);
@@ -357,21 +370,23 @@ impl Edge {
         }
     }
 
-    /// Throttle, token, JWT, revocation, user row, admin and upgrade checks, in that order.
+    /// Token, JWT, revocation, user row, admin and upgrade checks, in that order. The throttle
+    /// only turns a failure into 429: a token that verifies for a known user is never refused by it.
     async fn authenticate(
         &self,
         req: &RequestHeader,
         ctx: &RequestCtx,
     ) -> std::result::Result<(User, TokenFacts), Reject> {
         let s = &self.state;
-        if let Some(ip) = &ctx.client_ip {
-            if s.throttle.is_throttled(ip) {
-                return Err(Reject::RateLimited);
-            }
-        }
+        let throttled = || ctx.client_ip.is_some_and(|ip| s.throttle.is_throttled(&ip));
         let authorization = req.headers.get("authorization").map(|v| v.as_bytes());
-        let token = token::extract(req.uri.query(), authorization, s.config.max_token_bytes)?;
-        let facts = s.jwt.verify_fetching(&token, now_unix()).await?;
+        let token = token::extract(req.uri.query(), authorization, s.config.max_token_bytes)
+            .map_err(|p| throttle::verdict(p.into(), throttled()))?;
+        let facts = s
+            .jwt
+            .verify_fetching(&token, now_unix())
+            .await
+            .map_err(|e| throttle::verdict(e.into(), throttled()))?;
         if !s.live.is_loaded() {
             return Err(Reject::AuthUnavailable);
         }
@@ -380,7 +395,7 @@ impl Edge {
         }
         let user = match s.users.get(facts.user_id).await {
             Ok(Some(user)) => user,
-            Ok(None) => return Err(Reject::UnknownUser),
+            Ok(None) => return Err(throttle::verdict(Reject::UnknownUser, throttled())),
             Err(e) => {
                 warn!(request_id = %ctx.request_id, error = %e, "user lookup failed");
                 return Err(Reject::AuthUnavailable);
@@ -406,7 +421,7 @@ impl Edge {
             .auth_decisions
             .with_label_values(&[outcome, reject.code()])
             .inc();
-        if reject.is_auth_failure() {
+        if reject.is_auth_failure() || reject == Reject::RateLimited {
             if let Some(ip) = &ctx.client_ip {
                 self.state.throttle.record_failure(ip);
             }
@@ -470,9 +485,12 @@ pub(crate) fn json_response(
     Ok(h)
 }
 
-/// Deletes every reserved identity header and any `Connection` token naming one.
-fn sanitise(upstream: &mut RequestHeader) -> Result<()> {
-    let names = headers::reserved_present(upstream.headers.keys().map(|k| k.as_str()));
+/// Deletes every reserved identity header (any spelling), any `Connection` token naming one, and
+/// the forwarding headers only a trusted proxy may send.
+fn sanitise(upstream: &mut RequestHeader, peer_trusted: bool) -> Result<()> {
+    let keys = || upstream.headers.keys().map(|k| k.as_str());
+    let mut names = headers::reserved_present(keys());
+    names.extend(headers::forwarding_present(keys(), peer_trusted));
     for name in names {
         upstream.remove_header(&name);
     }

@@ -24,6 +24,8 @@ pub enum Reject {
     WebSocketRequired,
     UpstreamUnavailable,
     ShuttingDown,
+    /// The raw path holds a dot-segment, an encoded slash, dot or backslash, or an empty segment.
+    BadPath,
 }
 
 impl Reject {
@@ -36,6 +38,7 @@ impl Reject {
             WebSocketRequired => 426,
             RateLimited => 429,
             UpstreamUnavailable => 502,
+            BadPath => 400,
             AuthUnavailable | ShuttingDown => 503,
         }
     }
@@ -56,6 +59,7 @@ impl Reject {
             WebSocketRequired => "websocket_required",
             UpstreamUnavailable => "upstream_unavailable",
             ShuttingDown => "shutting_down",
+            BadPath => "bad_request",
         }
     }
 
@@ -77,6 +81,9 @@ impl Reject {
             WebSocketRequired => "This endpoint only accepts WebSocket upgrades.",
             UpstreamUnavailable => "The service behind the proxy cannot be reached.",
             ShuttingDown => "The proxy is shutting down; reconnect.",
+            BadPath => {
+                "The path may not contain '.' or '..' segments, empty segments, backslashes or encoded '/', '.', '\\' or '%'."
+            }
         }
     }
 

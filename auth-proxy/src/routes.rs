@@ -1,5 +1,11 @@
 //! Route classes: which paths are public, which need a user, which need an admin, and which are
 //! the WebSocket endpoint. The class is also the `route` label of the metrics.
+//!
+//! Classification works on the raw path exactly as it is forwarded, so a path that an upstream could
+//! resolve to a different route is refused before routing ([`check_raw_path`], 400 `bad_request`):
+//! a `.` or `..` segment (also with a `;parameter`), an empty segment (`//`), a backslash, a control
+//! character, or a percent-encoded `.`, `/`, `\`, `%` or NUL. Nothing is normalised: the path the
+//! proxy classifies is the path the upstream receives.
 
 use crate::config::Config;
 
@@ -75,6 +81,49 @@ impl Routes {
     }
 }
 
+/// Why a raw request path cannot be classified safely.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathProblem {
+    NotAbsolute,
+    DotSegment,
+    EmptySegment,
+    Backslash,
+    EncodedSeparator,
+    ControlCharacter,
+}
+
+/// Refuses a raw path an upstream might resolve differently from the proxy.
+pub fn check_raw_path(path: &str) -> Result<(), PathProblem> {
+    if !path.starts_with('/') {
+        return Err(PathProblem::NotAbsolute);
+    }
+    if path.bytes().any(|b| b.is_ascii_control() || b >= 0x80) {
+        return Err(PathProblem::ControlCharacter);
+    }
+    if path.contains('\\') {
+        return Err(PathProblem::Backslash);
+    }
+    let lower = path.to_ascii_lowercase();
+    if ["%2e", "%2f", "%5c", "%25", "%00"]
+        .iter()
+        .any(|e| lower.contains(e))
+    {
+        return Err(PathProblem::EncodedSeparator);
+    }
+    // Segments after the leading '/'; the last may be empty (a trailing slash).
+    let segments: Vec<&str> = path[1..].split('/').collect();
+    for (i, segment) in segments.iter().enumerate() {
+        let name = segment.split(';').next().unwrap_or("");
+        if name == "." || name == ".." {
+            return Err(PathProblem::DotSegment);
+        }
+        if segment.is_empty() && i + 1 < segments.len() {
+            return Err(PathProblem::EmptySegment);
+        }
+    }
+    Ok(())
+}
+
 /// `/ws/{client_id}` with one non-empty segment of at most 128 URL-safe characters.
 pub fn is_websocket_path(path: &str) -> bool {
     path.strip_prefix("/ws/").is_some_and(|id| {
@@ -118,5 +167,51 @@ mod tests {
         assert_eq!(r.classify("/ws/"), Route::Api);
         assert_eq!(r.classify("/ws/a/b"), Route::Api);
         assert_eq!(r.classify("/api/info/../admin"), Route::Api);
+    }
+
+    #[test]
+    fn raw_paths_that_could_change_route_are_refused() {
+        for ok in [
+            "/",
+            "/health",
+            "/static/app.js",
+            "/static/dir/",
+            "/static/a.b..c",
+            "/static/...",
+            "/api/chat/sessions",
+            "/ws/ada-laptop-1",
+            "/static/name%20with%20space",
+        ] {
+            assert_eq!(check_raw_path(ok), Ok(()), "{ok}");
+        }
+        for (bad, why) in [
+            ("/static/../api/chat/sessions", PathProblem::DotSegment),
+            ("/static/./x", PathProblem::DotSegment),
+            ("/static/..", PathProblem::DotSegment),
+            ("/static/..;/api", PathProblem::DotSegment),
+            ("/..", PathProblem::DotSegment),
+            (
+                "/static/%2e%2e/api/chat/sessions",
+                PathProblem::EncodedSeparator,
+            ),
+            ("/static/%2E%2E/api", PathProblem::EncodedSeparator),
+            ("/static/.%2e/api", PathProblem::EncodedSeparator),
+            (
+                "/static/..%2fapi/chat/sessions",
+                PathProblem::EncodedSeparator,
+            ),
+            ("/static/..%2Fapi", PathProblem::EncodedSeparator),
+            ("/static/..%5capi", PathProblem::EncodedSeparator),
+            ("/static/%252e%252e/api", PathProblem::EncodedSeparator),
+            ("/static/x%00", PathProblem::EncodedSeparator),
+            ("/static/..\\api", PathProblem::Backslash),
+            ("/static//api", PathProblem::EmptySegment),
+            ("//admin/users", PathProblem::EmptySegment),
+            ("/static/\tx", PathProblem::ControlCharacter),
+            ("static/x", PathProblem::NotAbsolute),
+            ("*", PathProblem::NotAbsolute),
+        ] {
+            assert_eq!(check_raw_path(bad), Err(why), "{bad}");
+        }
     }
 }

@@ -1,30 +1,37 @@
 //! The trusted identity the proxy hands to the agent, and the assertion that proves it.
 //!
 //! After authenticating a request, auth-proxy deletes every client-supplied header whose name starts
-//! with `x-user-`, `x-auth-` or `x-identity-` and injects four headers:
+//! with `x-user-`, `x-auth-` or `x-identity-` (in any case, with `-` or `_` between words) and
+//! injects four headers:
 //!
 //! | header | value |
 //! |---|---|
 //! | `x-user-id` | the user's id, decimal (`42`) |
 //! | `x-user-name` | the username, percent-encoded UTF-8 (controls, `%` and non-ASCII escaped) |
 //! | `x-user-admin` | `true` or `false` |
-//! | `x-identity-assertion` | `v1.<unix seconds>.<hex HMAC-SHA256>` |
+//! | `x-identity-assertion` | `v2.<unix seconds>.<nonce: 32 lower-case hex>.<hex HMAC-SHA256>` |
 //!
-//! The HMAC key is `IDENTITY_SECRET`, shared by the two services and nobody else. The MAC covers
-//! these lines joined by `\n`, in this order:
+//! The HMAC key is `IDENTITY_SECRET`, shared by the two services and nobody else. The nonce is 128
+//! random bits, new for every forwarded request. The MAC covers these lines joined by `\n`, in this
+//! order:
 //!
 //! ```text
-//! v1
+//! v2
 //! <unix seconds, as in the header>
+//! <nonce, as in the header>
 //! <x-user-id value>
 //! <x-user-admin value>
 //! <x-user-name value, exactly as sent>
 //! <request method, upper case>
 //! <request path, without the query string>
+//! <raw query string as forwarded, without '?'; empty when there is none>
 //! ```
 //!
-//! Binding the method and path means an assertion captured from one request cannot be replayed on
-//! another route; the timestamp bounds replay on the same route (the agent accepts at most 60 s).
+//! Binding the method, path and query means an assertion captured from one request cannot be
+//! replayed on another route or with other parameters. The timestamp bounds its life (the agent
+//! accepts at most `AGENT_IDENTITY_MAX_AGE_SECS`, default 10 s, and 5 s of clock skew), and the agent
+//! remembers every nonce it accepted for that long, so each assertion is accepted once: a replay
+//! with the same or another body is refused even inside the window.
 
 use std::fmt;
 
@@ -38,7 +45,10 @@ pub const HEADER_USER_ADMIN: &str = "x-user-admin";
 pub const HEADER_ASSERTION: &str = "x-identity-assertion";
 
 /// The assertion format version this crate signs and accepts.
-pub const VERSION: &str = "v1";
+pub const VERSION: &str = "v2";
+
+/// Length of the nonce in the assertion, in hex characters (128 bits).
+pub const NONCE_HEX_LEN: usize = 32;
 
 /// Header name prefixes reserved for the proxy. Any client-supplied header starting with one of
 /// these is deleted before a request is forwarded.
@@ -52,10 +62,12 @@ const NAME_ESCAPES: &AsciiSet = &CONTROLS.add(b'%');
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// True if a header name (any case) is one only the proxy may set.
+/// True if a header name (any case, `_` or `-` between words) is one only the proxy may set.
+/// Underscore spellings count because CGI-style servers (WSGI, ASGI, PHP) map `x_user_id` and
+/// `x-user-id` to the same variable.
 pub fn is_reserved_header(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    RESERVED_PREFIXES.iter().any(|p| lower.starts_with(p))
+    let normal = name.to_ascii_lowercase().replace('_', "-");
+    RESERVED_PREFIXES.iter().any(|p| normal.starts_with(p))
 }
 
 /// Who the proxy says the caller is.
@@ -107,6 +119,8 @@ pub enum AssertionError {
     BadSignature,
     /// Older than the verifier's maximum age, or too far in the future.
     Stale,
+    /// Already accepted once (the agent's replay guard said so).
+    Replayed,
 }
 
 impl AssertionError {
@@ -115,6 +129,7 @@ impl AssertionError {
             AssertionError::Missing => "missing_identity",
             AssertionError::Malformed(_) | AssertionError::BadSignature => "invalid_identity",
             AssertionError::Stale => "stale_identity",
+            AssertionError::Replayed => "replayed_identity",
         }
     }
 }
@@ -130,33 +145,74 @@ impl fmt::Display for AssertionError {
             AssertionError::Stale => {
                 write!(f, "the identity assertion is too old or from the future")
             }
+            AssertionError::Replayed => write!(f, "the identity assertion was already used"),
         }
     }
 }
 
 impl std::error::Error for AssertionError {}
 
-fn mac_for(
-    key: &[u8],
-    ts: &str,
-    id: &str,
-    admin: &str,
-    name: &str,
-    method: &str,
-    path: &str,
-) -> HmacSha256 {
+/// The request an assertion is bound to, as the agent receives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BoundRequest<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    /// The raw query string without `?`; `None` and `Some("")` are the same.
+    pub query: Option<&'a str>,
+}
+
+impl<'a> BoundRequest<'a> {
+    pub fn new(method: &'a str, path: &'a str, query: Option<&'a str>) -> Self {
+        BoundRequest {
+            method,
+            path,
+            query,
+        }
+    }
+}
+
+/// The covered values of one assertion, in MAC order after the version.
+struct Covered<'a> {
+    ts: &'a str,
+    nonce: &'a str,
+    id: &'a str,
+    admin: &'a str,
+    name: &'a str,
+    request: BoundRequest<'a>,
+}
+
+fn mac_for(key: &[u8], c: &Covered<'_>) -> HmacSha256 {
     // HMAC accepts keys of any length; this cannot fail.
     let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes keys of any size");
-    for (i, part) in [VERSION, ts, id, admin, name, method, path]
-        .iter()
-        .enumerate()
-    {
+    let method = c.request.method.to_ascii_uppercase();
+    let parts = [
+        VERSION,
+        c.ts,
+        c.nonce,
+        c.id,
+        c.admin,
+        c.name,
+        method.as_str(),
+        c.request.path,
+        c.request.query.unwrap_or(""),
+    ];
+    for (i, part) in parts.iter().enumerate() {
         if i > 0 {
             mac.update(b"\n");
         }
         mac.update(part.as_bytes());
     }
     mac
+}
+
+/// A verified assertion: who, and the nonce and time the agent's replay guard needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Asserted {
+    pub identity: Identity,
+    /// The assertion's nonce (128 bits).
+    pub nonce: u128,
+    /// The assertion's timestamp, unix seconds.
+    pub issued_at: u64,
 }
 
 /// Signs identities; held by auth-proxy.
@@ -178,30 +234,42 @@ impl Signer {
         }
     }
 
-    /// The four headers for `identity` on a request `method path`, signed at `now_unix`.
+    /// The four headers for `identity` on `request`, signed at `now_unix` with a fresh nonce.
     pub fn sign(
         &self,
         identity: &Identity,
-        method: &str,
-        path: &str,
+        request: BoundRequest<'_>,
         now_unix: u64,
+    ) -> IdentityHeaders {
+        let nonce = uuid::Uuid::new_v4().simple().to_string();
+        self.sign_with_nonce(identity, request, now_unix, &nonce)
+    }
+
+    /// As [`Signer::sign`], with a given nonce (tests).
+    pub fn sign_with_nonce(
+        &self,
+        identity: &Identity,
+        request: BoundRequest<'_>,
+        now_unix: u64,
+        nonce: &str,
     ) -> IdentityHeaders {
         let user_id = identity.user_id.to_string();
         let user_name = utf8_percent_encode(&identity.username, NAME_ESCAPES).to_string();
         let user_admin = if identity.is_admin { "true" } else { "false" }.to_string();
         let ts = now_unix.to_string();
-        let method = method.to_ascii_uppercase();
         let mac = mac_for(
             &self.key,
-            &ts,
-            &user_id,
-            &user_admin,
-            &user_name,
-            &method,
-            path,
+            &Covered {
+                ts: &ts,
+                nonce,
+                id: &user_id,
+                admin: &user_admin,
+                name: &user_name,
+                request,
+            },
         );
         let assertion = format!(
-            "{VERSION}.{ts}.{}",
+            "{VERSION}.{ts}.{nonce}.{}",
             hex::encode(mac.finalize().into_bytes())
         );
         IdentityHeaders {
@@ -239,24 +307,25 @@ impl Verifier {
         }
     }
 
-    /// Checks the received headers against the request's `method` and `path` at `now_unix`.
+    /// Checks the received headers against the request at `now_unix`. Replay inside the window is
+    /// the caller's to refuse, by the returned nonce.
     pub fn verify(
         &self,
         received: &ReceivedIdentity<'_>,
-        method: &str,
-        path: &str,
+        request: BoundRequest<'_>,
         now_unix: u64,
-    ) -> Result<Identity, AssertionError> {
+    ) -> Result<Asserted, AssertionError> {
         let (Some(id), Some(assertion)) = (received.user_id, received.assertion) else {
             return Err(AssertionError::Missing);
         };
         let name = received.user_name.unwrap_or("");
         let admin = received.user_admin.unwrap_or("false");
 
-        let mut parts = assertion.splitn(3, '.');
-        let (Some(version), Some(ts), Some(sig)) = (parts.next(), parts.next(), parts.next())
-        else {
-            return Err(AssertionError::Malformed("assertion is not v1.<ts>.<mac>"));
+        let parts: Vec<&str> = assertion.splitn(4, '.').collect();
+        let [version, ts, nonce, sig] = parts[..] else {
+            return Err(AssertionError::Malformed(
+                "assertion is not v2.<ts>.<nonce>.<mac>",
+            ));
         };
         if version != VERSION {
             return Err(AssertionError::Malformed("unsupported assertion version"));
@@ -264,11 +333,23 @@ impl Verifier {
         let ts_num: u64 = ts
             .parse()
             .map_err(|_| AssertionError::Malformed("bad timestamp"))?;
+        if nonce.len() != NONCE_HEX_LEN || !nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(AssertionError::Malformed("bad nonce"));
+        }
+        let nonce_num =
+            u128::from_str_radix(nonce, 16).map_err(|_| AssertionError::Malformed("bad nonce"))?;
         let sig = hex::decode(sig).map_err(|_| AssertionError::Malformed("mac is not hex"))?;
 
-        let method = method.to_ascii_uppercase();
-        let mac = mac_for(&self.key, ts, id, admin, name, &method, path);
-        mac.verify_slice(&sig)
+        let covered = Covered {
+            ts,
+            nonce,
+            id,
+            admin,
+            name,
+            request,
+        };
+        mac_for(&self.key, &covered)
+            .verify_slice(&sig)
             .map_err(|_| AssertionError::BadSignature)?;
 
         if ts_num > now_unix.saturating_add(MAX_FUTURE_SKEW_SECS)
@@ -285,11 +366,20 @@ impl Verifier {
             _ => return Err(AssertionError::Malformed("bad admin flag")),
         };
         let username = percent_decode_str(name).decode_utf8_lossy().into_owned();
-        Ok(Identity {
-            user_id,
-            username,
-            is_admin,
+        Ok(Asserted {
+            identity: Identity {
+                user_id,
+                username,
+                is_admin,
+            },
+            nonce: nonce_num,
+            issued_at: ts_num,
         })
+    }
+
+    /// The longest age accepted, in seconds.
+    pub fn max_age_secs(&self) -> u64 {
+        self.max_age_secs
     }
 }
 
@@ -307,6 +397,10 @@ mod tests {
         }
     }
 
+    fn req<'a>(method: &'a str, path: &'a str, query: Option<&'a str>) -> BoundRequest<'a> {
+        BoundRequest::new(method, path, query)
+    }
+
     fn received(h: &IdentityHeaders) -> ReceivedIdentity<'_> {
         ReceivedIdentity {
             user_id: Some(&h.user_id),
@@ -318,84 +412,126 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        let h = Signer::new("k").sign(&ada(), "get", "/ws/abc", NOW);
-        assert!(h.assertion.starts_with("v1.1800000000."));
+        let h = Signer::new("k").sign(&ada(), req("get", "/ws/abc", Some("provider=x")), NOW);
+        assert!(h.assertion.starts_with("v2.1800000000."));
         assert_eq!(h.user_name, "ada lovelace %E2%9C%93");
-        let got = Verifier::new("k", 60).verify(&received(&h), "GET", "/ws/abc", NOW + 10);
-        assert_eq!(got, Ok(ada()));
+        let got = Verifier::new("k", 10)
+            .verify(
+                &received(&h),
+                req("GET", "/ws/abc", Some("provider=x")),
+                NOW + 10,
+            )
+            .unwrap();
+        assert_eq!(got.identity, ada());
+        assert_eq!(got.issued_at, NOW);
     }
 
     #[test]
-    fn wrong_key_path_or_method_fails() {
-        let h = Signer::new("k").sign(&ada(), "GET", "/ws/abc", NOW);
-        let v = Verifier::new("k", 60);
+    fn every_assertion_has_its_own_nonce() {
+        let s = Signer::new("k");
+        let v = Verifier::new("k", 10);
+        let r = req("GET", "/p", None);
+        let a = v
+            .verify(&received(&s.sign(&ada(), r, NOW)), r, NOW)
+            .unwrap();
+        let b = v
+            .verify(&received(&s.sign(&ada(), r, NOW)), r, NOW)
+            .unwrap();
+        assert_ne!(a.nonce, b.nonce);
+    }
+
+    #[test]
+    fn wrong_key_path_method_or_query_fails() {
+        let r = req("GET", "/ws/abc", Some("provider=offline"));
+        let h = Signer::new("k").sign(&ada(), r, NOW);
+        let v = Verifier::new("k", 10);
         assert_eq!(
-            Verifier::new("other", 60).verify(&received(&h), "GET", "/ws/abc", NOW),
+            Verifier::new("other", 10).verify(&received(&h), r, NOW),
             Err(AssertionError::BadSignature)
         );
-        assert_eq!(
-            v.verify(&received(&h), "GET", "/ws/other", NOW),
-            Err(AssertionError::BadSignature)
-        );
-        assert_eq!(
-            v.verify(&received(&h), "POST", "/ws/abc", NOW),
-            Err(AssertionError::BadSignature)
-        );
+        for other in [
+            req("GET", "/ws/other", Some("provider=offline")),
+            req("POST", "/ws/abc", Some("provider=offline")),
+            req("GET", "/ws/abc", Some("provider=openai")),
+            req("GET", "/ws/abc", Some("provider=offline&x=1")),
+            req("GET", "/ws/abc", None),
+        ] {
+            assert_eq!(
+                v.verify(&received(&h), other, NOW),
+                Err(AssertionError::BadSignature),
+                "{other:?}"
+            );
+        }
+        let none = Signer::new("k").sign(&ada(), req("GET", "/p", None), NOW);
+        assert!(v
+            .verify(&received(&none), req("GET", "/p", Some("")), NOW)
+            .is_ok());
     }
 
     #[test]
     fn tampered_values_fail() {
-        let h = Signer::new("k").sign(&ada(), "GET", "/p", NOW);
-        let v = Verifier::new("k", 60);
-        let mut r = received(&h);
-        r.user_id = Some("2");
-        assert_eq!(
-            v.verify(&r, "GET", "/p", NOW),
-            Err(AssertionError::BadSignature)
-        );
-        let mut r = received(&h);
-        r.user_admin = Some("false");
-        assert_eq!(
-            v.verify(&r, "GET", "/p", NOW),
-            Err(AssertionError::BadSignature)
-        );
-        let mut r = received(&h);
-        r.user_name = Some("mallory");
-        assert_eq!(
-            v.verify(&r, "GET", "/p", NOW),
-            Err(AssertionError::BadSignature)
-        );
+        let r = req("GET", "/p", None);
+        let h = Signer::new("k").sign(&ada(), r, NOW);
+        let v = Verifier::new("k", 10);
+        let mut bad = received(&h);
+        bad.user_id = Some("2");
+        assert_eq!(v.verify(&bad, r, NOW), Err(AssertionError::BadSignature));
+        let mut bad = received(&h);
+        bad.user_admin = Some("false");
+        assert_eq!(v.verify(&bad, r, NOW), Err(AssertionError::BadSignature));
+        let mut bad = received(&h);
+        bad.user_name = Some("mallory");
+        assert_eq!(v.verify(&bad, r, NOW), Err(AssertionError::BadSignature));
+        // Another nonce with the same MAC.
+        let mut parts: Vec<String> = h.assertion.split('.').map(str::to_string).collect();
+        parts[2] = "0".repeat(NONCE_HEX_LEN);
+        let forged = parts.join(".");
+        let mut bad = received(&h);
+        bad.assertion = Some(&forged);
+        assert_eq!(v.verify(&bad, r, NOW), Err(AssertionError::BadSignature));
     }
 
     #[test]
     fn age_is_bounded_both_ways() {
-        let h = Signer::new("k").sign(&ada(), "GET", "/p", NOW);
-        let v = Verifier::new("k", 60);
-        assert!(v.verify(&received(&h), "GET", "/p", NOW + 60).is_ok());
+        let r = req("GET", "/p", None);
+        let h = Signer::new("k").sign(&ada(), r, NOW);
+        let v = Verifier::new("k", 10);
+        assert!(v.verify(&received(&h), r, NOW + 10).is_ok());
         assert_eq!(
-            v.verify(&received(&h), "GET", "/p", NOW + 120),
+            v.verify(&received(&h), r, NOW + 11),
             Err(AssertionError::Stale)
         );
         assert_eq!(
-            v.verify(&received(&h), "GET", "/p", NOW - 60),
+            v.verify(&received(&h), r, NOW - 60),
             Err(AssertionError::Stale)
         );
     }
 
     #[test]
     fn missing_and_malformed() {
-        let v = Verifier::new("k", 60);
+        let v = Verifier::new("k", 10);
+        let r = req("GET", "/", None);
         assert_eq!(
-            v.verify(&ReceivedIdentity::default(), "GET", "/", NOW),
+            v.verify(&ReceivedIdentity::default(), r, NOW),
             Err(AssertionError::Missing)
         );
-        for bad in ["", "v1", "v1.x.00", "v2.1.00", "v1.1.zz"] {
-            let r = ReceivedIdentity {
+        let zeros = "0".repeat(NONCE_HEX_LEN);
+        for bad in [
+            "".to_string(),
+            "v2".into(),
+            "v1.1.00".into(),
+            format!("v2.x.{zeros}.00"),
+            format!("v3.1.{zeros}.00"),
+            format!("v2.1.{zeros}.zz"),
+            "v2.1.abc.00".into(),
+            format!("v2.1.{}.00", "g".repeat(NONCE_HEX_LEN)),
+        ] {
+            let rec = ReceivedIdentity {
                 user_id: Some("1"),
-                assertion: Some(bad),
+                assertion: Some(&bad),
                 ..Default::default()
             };
-            let err = v.verify(&r, "GET", "/", NOW).unwrap_err();
+            let err = v.verify(&rec, r, NOW).unwrap_err();
             assert_eq!(err.code(), "invalid_identity", "{bad}");
         }
     }
@@ -407,5 +543,16 @@ mod tests {
         assert!(is_reserved_header("X-IDENTITY-ASSERTION"));
         assert!(!is_reserved_header("x-request-id"));
         assert!(!is_reserved_header("x-username"));
+        for underscored in [
+            "x_user_id",
+            "X_User_Admin",
+            "x_identity_assertion",
+            "x_auth_role",
+            "X_USER_NAME",
+            "x-user_id",
+        ] {
+            assert!(is_reserved_header(underscored), "{underscored}");
+        }
+        assert!(!is_reserved_header("x_username"));
     }
 }

@@ -17,7 +17,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
-use shared::identity::{Identity, Signer};
+use shared::identity::{BoundRequest, Identity, Signer};
 use test_support::{now_unix, TEST_IDENTITY_SECRET};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -74,7 +74,7 @@ impl Agent {
         query: &str,
     ) -> Result<Socket, (u16, String)> {
         let path = format!("/ws/{client_id}");
-        let headers = identity_headers(user, "GET", &path, now_unix());
+        let headers = identity_headers(user, "GET", &format!("{path}{query}"), now_unix());
         let url = format!("ws://127.0.0.1:{}{path}{query}", self.port);
         ws_connect(&url, &headers).await
     }
@@ -111,12 +111,41 @@ pub fn identity_headers(
     path: &str,
     at: u64,
 ) -> Vec<(String, String)> {
+    let (path, query) = match path.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path, None),
+    };
     Signer::new(TEST_IDENTITY_SECRET)
-        .sign(user, method, path, at)
+        .sign(user, BoundRequest::new(method, path, query), at)
         .pairs()
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
+}
+
+/// Sends `method path_and_query` to the agent with the given identity headers (as they are, so a
+/// test can replay them) and an optional JSON body; returns the status and the JSON answer.
+pub async fn send_signed(
+    port: u16,
+    method: &str,
+    path_and_query: &str,
+    headers: &[(String, String)],
+    body: Option<Value>,
+) -> (u16, Value) {
+    let url = format!("http://127.0.0.1:{port}{path_and_query}");
+    let mut req = reqwest::Client::new()
+        .request(method.parse().unwrap(), url)
+        .timeout(STEP);
+    for (k, v) in headers {
+        req = req.header(k, v);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
 pub type Socket = test_support::ws::Socket;
