@@ -1,6 +1,7 @@
 //! The proxy's Prometheus metrics, in a registry of its own served by the admin listener.
 //! Labels carry route classes, statuses and outcome codes only: never user ids, client ids or paths.
 
+use crate::routes::Route;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
     Registry, TextEncoder,
@@ -8,6 +9,8 @@ use prometheus::{
 
 pub struct Metrics {
     registry: Registry,
+    /// Handles of the per-request path.
+    pub hot: Hot,
     /// `route` (public, ws, api, admin), `status`.
     pub requests: IntCounterVec,
     /// `outcome` (allow, deny, error), `reason` (ok or the error code).
@@ -41,6 +44,67 @@ pub struct Metrics {
     pub connections_open: IntGauge,
 }
 
+/// Metric handles the per-request path uses, resolved once: a labelled lookup hashes the label
+/// values and takes a lock; these are plain atomics.
+pub struct Hot {
+    /// `auth_decisions{outcome="allow",reason="ok"}`.
+    pub allow_ok: IntCounter,
+    /// `user_cache{result="hit"}`.
+    pub cache_hit: IntCounter,
+    /// `request_duration{route}` by [`Route`] index.
+    duration: [Histogram; 4],
+    /// `requests{route,status}` for the common statuses, by route index then [`HOT_STATUSES`] index.
+    requests: [[IntCounter; HOT_STATUSES.len()]; 4],
+}
+
+/// Statuses whose request counters are resolved ahead.
+const HOT_STATUSES: [u16; 10] = [101, 200, 204, 400, 401, 403, 404, 426, 429, 502];
+
+const ROUTES: [Route; 4] = [Route::Public, Route::WebSocket, Route::Admin, Route::Api];
+
+fn route_index(route: Route) -> usize {
+    match route {
+        Route::Public => 0,
+        Route::WebSocket => 1,
+        Route::Admin => 2,
+        Route::Api => 3,
+    }
+}
+
+impl Hot {
+    fn new(
+        requests: &IntCounterVec,
+        duration: &HistogramVec,
+        auth: &IntCounterVec,
+        cache: &IntCounterVec,
+    ) -> Hot {
+        Hot {
+            allow_ok: auth.with_label_values(&["allow", "ok"]),
+            cache_hit: cache.with_label_values(&["hit"]),
+            duration: ROUTES.map(|r| duration.with_label_values(&[r.label()])),
+            requests: ROUTES.map(|r| {
+                HOT_STATUSES.map(|s| requests.with_label_values(&[r.label(), &s.to_string()]))
+            }),
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts a finished request and observes its time to response, without label lookups for
+    /// the common cases.
+    pub fn record_request(&self, route: Route, status: u16, to_response_secs: f64) {
+        let r = route_index(route);
+        match HOT_STATUSES.iter().position(|s| *s == status) {
+            Some(i) => self.hot.requests[r][i].inc(),
+            None => self
+                .requests
+                .with_label_values(&[route.label(), &status.to_string()])
+                .inc(),
+        }
+        self.hot.duration[r].observe(to_response_secs);
+    }
+}
+
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
     // Names are unique constants of this module: registration cannot collide.
     r.register(Box::new(m.clone()))
@@ -66,41 +130,57 @@ impl Metrics {
             0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
             2.5, 5.0,
         ];
+        let requests = reg(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "auth_proxy_requests_total",
+                    "Requests by route class and status",
+                ),
+                &["route", "status"],
+            )
+            .unwrap(),
+        );
+        let auth_decisions = reg(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "auth_proxy_auth_decisions_total",
+                    "Authentication decisions by outcome and reason",
+                ),
+                &["outcome", "reason"],
+            )
+            .unwrap(),
+        );
+        let request_duration = reg(
+            &r,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "auth_proxy_request_duration_seconds",
+                    "Time from request to response, by route class",
+                )
+                .buckets(fast.clone()),
+                &["route"],
+            )
+            .unwrap(),
+        );
+        let user_cache = reg(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "auth_proxy_user_cache_requests_total",
+                    "User cache requests by result",
+                ),
+                &["result"],
+            )
+            .unwrap(),
+        );
+        let hot = Hot::new(&requests, &request_duration, &auth_decisions, &user_cache);
         Metrics {
-            requests: reg(
-                &r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "auth_proxy_requests_total",
-                        "Requests by route class and status",
-                    ),
-                    &["route", "status"],
-                )
-                .unwrap(),
-            ),
-            auth_decisions: reg(
-                &r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "auth_proxy_auth_decisions_total",
-                        "Authentication decisions by outcome and reason",
-                    ),
-                    &["outcome", "reason"],
-                )
-                .unwrap(),
-            ),
-            request_duration: reg(
-                &r,
-                HistogramVec::new(
-                    HistogramOpts::new(
-                        "auth_proxy_request_duration_seconds",
-                        "Time from request to response, by route class",
-                    )
-                    .buckets(fast.clone()),
-                    &["route"],
-                )
-                .unwrap(),
-            ),
+            hot,
+            requests,
+            auth_decisions,
+            request_duration,
             user_lookup_duration: reg(
                 &r,
                 Histogram::with_opts(
@@ -123,17 +203,7 @@ impl Metrics {
                 )
                 .unwrap(),
             ),
-            user_cache: reg(
-                &r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "auth_proxy_user_cache_requests_total",
-                        "User cache requests by result",
-                    ),
-                    &["result"],
-                )
-                .unwrap(),
-            ),
+            user_cache,
             websocket_active: reg(
                 &r,
                 IntGauge::new(

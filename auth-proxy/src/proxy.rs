@@ -288,14 +288,10 @@ impl Edge {
         status: u16,
         ctx: &mut RequestCtx,
     ) {
-        let m = &self.state.metrics;
-        m.requests
-            .with_label_values(&[ctx.route.label(), &status.to_string()])
-            .inc();
         let to_response = ctx.responded.unwrap_or_else(|| ctx.started.elapsed());
-        m.request_duration
-            .with_label_values(&[ctx.route.label()])
-            .observe(to_response.as_secs_f64());
+        self.state
+            .metrics
+            .record_request(ctx.route, status, to_response.as_secs_f64());
         self.end(ctx);
         info!(
             target: "access",
@@ -352,11 +348,7 @@ impl Edge {
         }
         match self.authenticate(req, ctx).await {
             Ok((user, token)) => {
-                self.state
-                    .metrics
-                    .auth_decisions
-                    .with_label_values(&["allow", "ok"])
-                    .inc();
+                self.state.metrics.hot.allow_ok.inc();
                 ctx.outcome = "ok";
                 ctx.user = Some(user);
                 ctx.token = Some(token);

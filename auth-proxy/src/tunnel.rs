@@ -71,7 +71,9 @@ pub async fn serve(state: &Arc<AppState>, edge: &Edge, mut session: ServerSessio
     edge.identify_request(session.req_header(), peer, &mut ctx);
     let method = session.req_header().method.clone();
     let path = session.req_header().uri.path().to_string();
-    let status = match edge.decide(session.req_header(), &mut ctx).await {
+    // Boxed: the decision's future (cache, database) is large and is not kept for the tunnel's life.
+    let decided = Box::pin(edge.decide(session.req_header(), &mut ctx)).await;
+    let status = match decided {
         Err(reject) => {
             respond(
                 &mut session,
@@ -299,13 +301,8 @@ async fn run(
     m.websocket_active.dec();
     let lifetime = ctx.started.elapsed();
     m.tunnel_duration.observe(lifetime.as_secs_f64());
-    m.requests
-        .with_label_values(&[ctx.route.label(), "101"])
-        .inc();
     let to_response = ctx.responded.unwrap_or(lifetime);
-    m.request_duration
-        .with_label_values(&[ctx.route.label()])
-        .observe(to_response.as_secs_f64());
+    m.record_request(ctx.route, 101, to_response.as_secs_f64());
     edge.end(&mut ctx);
     info!(
         target: "access",
@@ -353,6 +350,63 @@ fn own_socket(stream: pingora::protocols::Stream) -> Result<TcpStream, pingora::
         }
         Err(_) => Err(stream),
     }
+}
+
+/// `Sec-WebSocket-Accept` for a client's `Sec-WebSocket-Key` (RFC 6455 section 4.2.2).
+pub fn accept_key(key: &[u8]) -> String {
+    use base64::Engine;
+    use sha1::{Digest, Sha1};
+    let mut sha = Sha1::new();
+    sha.update(key);
+    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(sha.finalize())
+}
+
+/// Completes a WebSocket upgrade at the edge itself and closes it at once with `code` and
+/// `reason`: for refusals a browser must see as a close code (it cannot read an HTTP refusal's
+/// status). The agent is never contacted. `Err` if the request is not a WebSocket handshake.
+pub async fn accept_and_close(
+    session: ServerSession,
+    code: u16,
+    reason: &str,
+    request_id: &str,
+) -> std::io::Result<()> {
+    let Some(key) = session
+        .get_header("sec-websocket-key")
+        .map(|k| k.as_bytes().to_vec())
+    else {
+        return Err(std::io::ErrorKind::InvalidInput.into());
+    };
+    let Some(mut client) = into_stream(session) else {
+        return Err(std::io::ErrorKind::Unsupported.into());
+    };
+    let head = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\
+         sec-websocket-accept: {}\r\nx-request-id: {request_id}\r\n\r\n",
+        accept_key(&key)
+    );
+    let mut frames = crate::wsframe::FrameTracker::new();
+    timeout(HANDSHAKE_TIMEOUT, async {
+        client.write_all(head.as_bytes()).await?;
+        client
+            .write_all(&crate::wsframe::close_frame(code, reason))
+            .await?;
+        client.flush().await?;
+        // Wait for the client's close frame (or its end), then close.
+        let mut buf = [0u8; 512];
+        while !(frames.saw_close() && frames.at_boundary()) {
+            let n = client.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            if let crate::wsframe::Advance::Cut { .. } = frames.advance(&buf[..n], &Limits::NONE) {
+                break;
+            }
+        }
+        client.shutdown().await
+    })
+    .await
+    .unwrap_or(Err(std::io::ErrorKind::TimedOut.into()))
 }
 
 /// The handshake for the agent: hop-by-hop headers and any header the client named in
@@ -475,6 +529,14 @@ mod tests {
         assert_eq!(req.headers.get("connection").unwrap(), "Upgrade");
         assert_eq!(req.headers.get("upgrade").unwrap(), "websocket");
         assert_eq!(req.headers.get("sec-websocket-key").unwrap(), "abc");
+    }
+
+    #[test]
+    fn accept_key_matches_rfc_6455() {
+        assert_eq!(
+            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 
     #[test]

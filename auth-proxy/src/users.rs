@@ -208,7 +208,7 @@ impl Users {
             return self.db.fetch(id).await;
         };
         if let Some(hit) = cache.get(&id).await {
-            self.metrics.user_cache.with_label_values(&["hit"]).inc();
+            self.metrics.hot.cache_hit.inc();
             return Ok(hit);
         }
         self.metrics.user_cache.with_label_values(&["miss"]).inc();

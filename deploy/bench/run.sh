@@ -15,7 +15,8 @@
 #
 # Usage: deploy/bench/run.sh [--quick]
 #   --quick          2 s per measurement, 1,000 idle connections, no TIME_WAIT settling (a smoke run)
-#   DURATION=10 CONNECTIONS=32 IDLE=9500 ROUNDS=5 ALT_DURATION=5 OUT=target/bench   environment knobs
+#   DURATION=10 CONNECTIONS=32 IDLE=9500 ROUNDS=5 ALT_DURATION=5 SETTLE=1 OUT=target/bench   environment knobs
+# Then the HTTP keep-alive comparison (deploy/bench/http.sh: wrk, nginx `return 200`, HAProxy, bare pingora).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
@@ -28,7 +29,7 @@ IDLE=${IDLE:-9500}
 IDLE_HOLD=${IDLE_HOLD:-10}
 ROUNDS=${ROUNDS:-5}
 ALT_DURATION=${ALT_DURATION:-5}
-SETTLE=1
+SETTLE=${SETTLE:-1}
 OUT=${OUT:-$ROOT/target/bench}
 WRITE_MD=1
 if [ "${1:-}" = "--quick" ]; then
@@ -61,7 +62,7 @@ if [ ${#missing[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 echo "==> building release binaries"
-cargo build --release --locked -p auth-proxy -p loadgen
+cargo build --release --locked -p auth-proxy --bins --examples -p loadgen
 PROXY_BIN=$ROOT/target/release/auth-proxy
 LOADGEN=$ROOT/target/release/loadgen
 
@@ -261,6 +262,13 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 stop "$ALT_PROXY_PID"
 stop "$ALT_HAPROXY_PID"
+
+# ---------------------------------------------------------------- HTTP keep-alive (wrk, nginx return 200)
+# Authenticated HTTP keep-alive against HAProxy and a bare pingora pass-through: deploy/bench/http.sh.
+stop "$ECHO_PID"
+if command -v wrk >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && ${SUDO:-} apt-get install -y -qq wrk >/dev/null; }; then
+  OUT=$OUT ROUNDS=$ROUNDS HTTP_DURATION=$ALT_DURATION CONNECTIONS=$CONNECTIONS "$BENCH/http.sh"
+fi
 
 # ---------------------------------------------------------------- the table
 MACHINE="$(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -sr)"
