@@ -6,7 +6,9 @@ use axum::routing::get;
 use axum::Router;
 use shared::identity::Verifier;
 
+use crate::bus::Bus;
 use crate::config::Config;
+use crate::drain::Drain;
 use crate::hub::Hub;
 use crate::identity;
 use crate::metrics::Metrics;
@@ -14,7 +16,7 @@ use crate::newsnexus::NewsDb;
 use crate::replay::ReplayGuard;
 use crate::sql_exec::SqlRunner;
 use crate::store::Store;
-use crate::{http, sessions_api, ws};
+use crate::{http, sessions_api, usage_api, ws};
 
 pub struct AppState {
     pub config: Config,
@@ -24,8 +26,11 @@ pub struct AppState {
     pub sql: SqlRunner,
     pub metrics: Arc<Metrics>,
     pub http: reqwest::Client,
-    pub hub: Hub,
+    pub hub: Arc<Hub>,
     pub store: Store,
+    /// The cross-replica hub (off without `AGENT_BUS_URL`).
+    pub bus: Arc<Bus>,
+    pub drain: Drain,
 }
 
 impl AppState {
@@ -41,6 +46,15 @@ impl AppState {
         let store = Store::open(&config.store_url)
             .await
             .map_err(|e| anyhow::anyhow!("AGENT_STORE_URL: {e}"))?;
+        let metrics = Arc::new(Metrics::new());
+        let hub = Arc::new(Hub::new(config.max_connections_per_user));
+        let bus = Bus::start(
+            &config.scale,
+            &hub,
+            metrics.clone(),
+            config.max_connections_per_user,
+        )
+        .await?;
         Ok(AppState {
             verifier: Verifier::new(
                 config.identity_secret.as_bytes(),
@@ -49,12 +63,14 @@ impl AppState {
             replay: ReplayGuard::new(config.identity_max_age_secs, config.identity_nonce_capacity),
             db,
             sql,
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             http: reqwest::Client::builder()
                 .timeout(config.llm_timeout)
                 .build()?,
-            hub: Hub::new(config.max_connections_per_user),
+            hub,
             store,
+            bus,
+            drain: Drain::new(config.scale.drain_grace),
             config,
         })
     }
@@ -64,6 +80,7 @@ impl AppState {
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/health", get(http::health))
+        .route("/ready", get(http::ready))
         .route("/api/info", get(http::info))
         .route("/metrics", get(http::metrics))
         .route("/ws/{client_id}", get(ws::handler))
@@ -75,6 +92,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/chat/sessions/{id}",
             get(sessions_api::get).delete(sessions_api::delete),
         )
+        .route("/api/usage", get(usage_api::mine))
+        .route("/api/admin/usage", get(usage_api::everyone))
         .fallback(http::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -83,7 +102,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// Serves until Ctrl-C or SIGTERM.
+/// Serves until Ctrl-C or SIGTERM, then drains (see `drain.rs`).
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let listen = config.listen;
     let state = Arc::new(AppState::new(config).await?);
@@ -91,8 +110,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("AGENT_LISTEN {listen}: {e}"))?;
     tracing::info!(%listen, provider = %state.config.default_provider, "agent-service listening");
+    let draining = state.clone();
     axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            draining.drain.run(&draining.hub, &draining.metrics).await;
+        })
         .await?;
     Ok(())
 }

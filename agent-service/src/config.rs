@@ -46,6 +46,66 @@ pub struct Config {
     /// `AGENT_MAX_SESSIONS_PER_USER`, default 1000: past it, a new session evicts the user's least
     /// recently updated one.
     pub max_sessions_per_user: u64,
+    /// Scale-out settings: the NATS bus, the drain grace, usage quotas.
+    pub scale: ScaleConfig,
+}
+
+/// Settings for running several replicas and accounting for use.
+#[derive(Debug, Clone)]
+pub struct ScaleConfig {
+    /// `AGENT_BUS_URL` (`nats://host:4222`): the cross-replica hub; absent = this process only.
+    pub bus_url: Option<String>,
+    /// `AGENT_BUS_NAMESPACE`, default `fluxion`: prefix of the bus subjects and the lease bucket, so
+    /// several deployments can share one NATS.
+    pub bus_namespace: String,
+    /// `AGENT_BUS_LEASE_TTL_SECS`, default 30: how long a dead replica's connections keep counting
+    /// against the per-user limit.
+    pub lease_ttl: Duration,
+    /// `AGENT_DRAIN_GRACE_SECS`, default 20: how long answers in progress may run after SIGTERM.
+    pub drain_grace: Duration,
+    /// `AGENT_USAGE_DAILY_PROMPT_CHARS_PER_USER` (`usage.daily_prompt_chars_per_user`), 0 = off.
+    pub daily_prompt_chars_per_user: u64,
+    /// `AGENT_USAGE_DAILY_LLM_CALLS_PER_USER` (`usage.daily_llm_calls_per_user`), 0 = off.
+    pub daily_llm_calls_per_user: u64,
+}
+
+impl ScaleConfig {
+    fn load(env: &dyn Fn(&str) -> Option<String>) -> Result<ScaleConfig, ConfigError> {
+        let get = |k: &str| env(k).filter(|v| !v.trim().is_empty());
+        let bus_url = get("AGENT_BUS_URL").map(|u| u.trim().to_string());
+        if let Some(u) = &bus_url {
+            if !(u.starts_with("nats://") || u.starts_with("tls://")) {
+                return Err(err("AGENT_BUS_URL", "must start with nats:// or tls://"));
+            }
+        }
+        let bus_namespace = get("AGENT_BUS_NAMESPACE").unwrap_or_else(|| "fluxion".into());
+        if !bus_namespace
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            || bus_namespace.len() > 64
+        {
+            return Err(err(
+                "AGENT_BUS_NAMESPACE",
+                "may hold only letters, digits, '-' and '_' (at most 64)",
+            ));
+        }
+        let ttl = number(env, "AGENT_BUS_LEASE_TTL_SECS", 30u64)?;
+        if ttl < 3 {
+            return Err(err("AGENT_BUS_LEASE_TTL_SECS", "must be at least 3"));
+        }
+        Ok(ScaleConfig {
+            bus_url,
+            bus_namespace,
+            lease_ttl: Duration::from_secs(ttl),
+            drain_grace: Duration::from_secs(number(env, "AGENT_DRAIN_GRACE_SECS", 20u64)?),
+            daily_prompt_chars_per_user: number(
+                env,
+                "AGENT_USAGE_DAILY_PROMPT_CHARS_PER_USER",
+                0u64,
+            )?,
+            daily_llm_calls_per_user: number(env, "AGENT_USAGE_DAILY_LLM_CALLS_PER_USER", 0u64)?,
+        })
+    }
 }
 
 pub const PROVIDERS: [&str; 3] = ["offline", "openai", "ollama"];
@@ -189,6 +249,7 @@ impl Config {
             identity_max_age_secs,
             identity_nonce_capacity,
             max_sessions_per_user,
+            scale: ScaleConfig::load(env)?,
         })
     }
 
@@ -238,5 +299,46 @@ mod tests {
             _ => None,
         };
         assert_eq!(Config::load(&env).unwrap_err().name, "LLM_PROVIDER");
+    }
+
+    #[test]
+    fn scale_out_settings() {
+        let base = |extra: &'static [(&'static str, &'static str)]| {
+            move |k: &str| match k {
+                "IDENTITY_SECRET" => Some(SECRET.to_string()),
+                "DATABASE_URL" => Some("sqlite://x.db".to_string()),
+                _ => extra
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string()),
+            }
+        };
+        let c = Config::load(&base(&[])).unwrap().scale;
+        assert_eq!(c.bus_url, None);
+        assert_eq!(c.drain_grace, Duration::from_secs(20));
+        assert_eq!(c.daily_llm_calls_per_user, 0);
+        let c = Config::load(&base(&[
+            ("AGENT_BUS_URL", "nats://127.0.0.1:4222"),
+            ("AGENT_USAGE_DAILY_LLM_CALLS_PER_USER", "5"),
+        ]))
+        .unwrap()
+        .scale;
+        assert_eq!(c.bus_url.as_deref(), Some("nats://127.0.0.1:4222"));
+        assert_eq!(c.daily_llm_calls_per_user, 5);
+        for (bad, name) in [
+            (("AGENT_BUS_URL", "http://x"), "AGENT_BUS_URL"),
+            (("AGENT_BUS_NAMESPACE", "a.b"), "AGENT_BUS_NAMESPACE"),
+            (
+                ("AGENT_BUS_LEASE_TTL_SECS", "1"),
+                "AGENT_BUS_LEASE_TTL_SECS",
+            ),
+            (
+                ("AGENT_USAGE_DAILY_PROMPT_CHARS_PER_USER", "lots"),
+                "AGENT_USAGE_DAILY_PROMPT_CHARS_PER_USER",
+            ),
+        ] {
+            let extra: &'static [(&str, &str)] = Box::leak(Box::new([bad]));
+            assert_eq!(Config::load(&base(extra)).unwrap_err().name, name);
+        }
     }
 }

@@ -1,4 +1,4 @@
-//! The small HTTP routes: `/health`, `/api/info` (what the service offers; never paths, URLs with
+//! The small HTTP routes: `/health`, `/ready` (503 once draining), `/api/info` (what the service offers; never paths, URLs with
 //! keys or secrets) and `/metrics`.
 
 use std::sync::Arc;
@@ -17,7 +17,27 @@ use crate::tools::TOOL_NAMES;
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub async fn health(State(state): State<Arc<AppState>>) -> Json<Value> {
-    Json(json!({"status": "healthy", "version": VERSION, "active_connections": state.hub.count()}))
+    let status = if state.drain.is_draining() {
+        "draining"
+    } else {
+        "healthy"
+    };
+    Json(json!({"status": status, "version": VERSION, "active_connections": state.hub.count()}))
+}
+
+/// Readiness: fails at once when the drain starts, so no new work is routed here.
+pub async fn ready(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    if state.drain.is_draining() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"ready": false, "draining": true})),
+        )
+    } else {
+        (
+            StatusCode::OK,
+            Json(json!({"ready": true, "draining": false, "bus": state.bus.connected()})),
+        )
+    }
 }
 
 pub async fn info() -> Json<Value> {

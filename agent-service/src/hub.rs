@@ -3,9 +3,12 @@
 //! hold the same client id without affecting each other. A user reconnecting with the same client id
 //! replaces the old connection (closed 4002 "replaced"); a user holds at most N connections (4008).
 //! Events can go to every connection of a user.
+//!
+//! With several replicas, a [`Fanout`] (the NATS bus, `bus.rs`) carries per-user events to the
+//! other replicas, which deliver them with [`Hub::deliver_local`].
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use shared::frames::ServerFrame;
 use tokio::sync::mpsc;
@@ -92,9 +95,15 @@ struct Inner {
     next_conn: u64,
 }
 
+/// Carries per-user events to the other replicas.
+pub trait Fanout: Send + Sync {
+    fn user_frame(&self, user_id: i64, frame: &ServerFrame);
+}
+
 pub struct Hub {
     inner: Mutex<Inner>,
     max_per_user: usize,
+    fanout: OnceLock<Arc<dyn Fanout>>,
 }
 
 impl Hub {
@@ -102,6 +111,7 @@ impl Hub {
         Hub {
             inner: Mutex::new(Inner::default()),
             max_per_user: max_per_user.max(1),
+            fanout: OnceLock::new(),
         }
     }
 
@@ -153,13 +163,43 @@ impl Hub {
     }
 
     /// Sends a frame to every connection of a user but `except` (the one that caused the event,
-    /// whose frame order must stay the documented one).
+    /// whose frame order must stay the documented one), here and on the other replicas.
     pub fn send_to_user_except(
         &self,
         user_id: i64,
         except: Option<&str>,
         frame: &ServerFrame,
     ) -> usize {
+        if let Some(f) = self.fanout.get() {
+            f.user_frame(user_id, frame);
+        }
+        self.deliver_local(user_id, except, frame)
+    }
+
+    /// Sets where per-user events also go (once, at start).
+    pub fn set_fanout(&self, fanout: Arc<dyn Fanout>) {
+        let _ = self.fanout.set(fanout);
+    }
+
+    /// Closes the user's local connection with this client id (it was opened on another replica).
+    pub fn close_local(&self, user_id: i64, client_id: &str, code: u16, reason: &str) -> bool {
+        let g = self.lock();
+        g.by_client
+            .get(&(user_id, client_id.to_string()))
+            .is_some_and(|e| e.out.close(code, reason).is_ok())
+    }
+
+    /// Tells every local connection to close (drain).
+    pub fn close_all(&self, code: u16, reason: &str) -> usize {
+        let g = self.lock();
+        g.by_client
+            .values()
+            .filter(|e| e.out.close(code, reason).is_ok())
+            .count()
+    }
+
+    /// Sends a frame to this process's connections of a user but `except`.
+    pub fn deliver_local(&self, user_id: i64, except: Option<&str>, frame: &ServerFrame) -> usize {
         let g = self.lock();
         let Some(clients) = g.by_user.get(&user_id) else {
             return 0;

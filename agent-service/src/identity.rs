@@ -21,9 +21,9 @@ use shared::identity::{
 use crate::app::AppState;
 use crate::replay::{ReplayGuard, ReplayRefusal};
 
-/// Paths served without identity: health, service info, and metrics (scraped inside the pod).
+/// Paths served without identity: health, readiness, service info, and metrics (scraped inside the pod).
 pub fn is_public(path: &str) -> bool {
-    matches!(path, "/health" | "/api/info" | "/metrics")
+    matches!(path, "/health" | "/ready" | "/api/info" | "/metrics")
 }
 
 fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {

@@ -6,9 +6,11 @@
 
 pub mod agent;
 pub mod app;
+pub mod bus;
 pub mod chat_client;
 pub mod config;
 pub mod demo_db;
+pub mod drain;
 pub mod http;
 pub mod hub;
 pub mod identity;
@@ -23,4 +25,6 @@ pub mod sql_guard;
 pub mod status_log;
 pub mod store;
 pub mod tools;
+pub mod usage;
+pub mod usage_api;
 pub mod ws;

@@ -14,6 +14,16 @@ pub struct Metrics {
     pub tool_calls: IntCounterVec,
     pub websocket_active: IntGauge,
     pub messages: IntCounter,
+    /// Scale-out: bus state, usage by provider and model, quota refusals, drain.
+    pub bus_connected: IntGauge,
+    pub bus_degraded: IntCounterVec,
+    pub usage_llm_calls: IntCounterVec,
+    pub usage_prompt_chars: IntCounterVec,
+    pub usage_response_chars: IntCounterVec,
+    pub usage_tokens: IntCounterVec,
+    pub quota_refusals: IntCounterVec,
+    pub draining: IntGauge,
+    models: crate::usage::ModelLabels,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -25,7 +35,7 @@ fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> 
 impl Metrics {
     pub fn new() -> Metrics {
         let r = Registry::new();
-        Metrics {
+        let m = Metrics {
             llm_calls: reg(
                 &r,
                 IntCounterVec::new(
@@ -75,8 +85,101 @@ impl Metrics {
                 &r,
                 IntCounter::new("agent_messages_total", "User messages received").unwrap(),
             ),
+            bus_connected: reg(
+                &r,
+                IntGauge::new(
+                    "agent_bus_connected",
+                    "1 while the cross-replica bus (NATS) is connected, 0 otherwise",
+                )
+                .unwrap(),
+            ),
+            bus_degraded: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "agent_bus_degraded_total",
+                        "Bus operations skipped because NATS was unavailable",
+                    ),
+                    &["operation"],
+                )
+                .unwrap(),
+            ),
+            usage_llm_calls: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "agent_usage_llm_calls_total",
+                        "LLM calls in the usage ledger",
+                    ),
+                    &["provider", "model", "outcome"],
+                )
+                .unwrap(),
+            ),
+            usage_prompt_chars: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "agent_usage_prompt_chars_total",
+                        "Prompt characters in the usage ledger",
+                    ),
+                    &["provider", "model"],
+                )
+                .unwrap(),
+            ),
+            usage_response_chars: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "agent_usage_response_chars_total",
+                        "Response characters in the usage ledger",
+                    ),
+                    &["provider", "model"],
+                )
+                .unwrap(),
+            ),
+            usage_tokens: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "agent_usage_tokens_total",
+                        "Tokens the providers reported, by kind (prompt, completion)",
+                    ),
+                    &["provider", "model", "kind"],
+                )
+                .unwrap(),
+            ),
+            quota_refusals: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "agent_quota_refusals_total",
+                        "LLM calls refused because a daily quota was used up",
+                    ),
+                    &["quota"],
+                )
+                .unwrap(),
+            ),
+            draining: reg(
+                &r,
+                IntGauge::new("agent_draining", "1 once SIGTERM started the drain").unwrap(),
+            ),
+            models: crate::usage::ModelLabels::default(),
             registry: r,
+        };
+        // Families a dashboard queries show up (at 0) before their first event.
+        for quota in ["llm_calls", "prompt_chars"] {
+            m.quota_refusals.with_label_values(&[quota]);
         }
+        for operation in ["publish", "lease", "subscribe"] {
+            m.bus_degraded.with_label_values(&[operation]);
+        }
+        m
+    }
+
+    /// A model name as a metric label: clients choose models, so only a bounded set of
+    /// well-formed names become labels; the rest count as `other`.
+    pub fn model_label(&self, model: &str) -> String {
+        self.models.label(model)
     }
 
     pub fn render(&self) -> String {

@@ -106,6 +106,11 @@ impl Store {
         Ok(Store { pool })
     }
 
+    /// The store's pool, for the other tables that live in it (the usage ledger).
+    pub fn pool(&self) -> &db::Pool {
+        &self.pool
+    }
+
     pub async fn create_session(
         &self,
         user_id: i64,

@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
-use axum::response::Response;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -28,6 +29,7 @@ use crate::hub::{Out, Outbound};
 use crate::llm::{Llm, Role};
 use crate::sessions_api::enforce_session_cap;
 use crate::status_log::Reporter;
+use crate::usage::{Account, Ledger};
 
 pub const CLOSE_INVALID_PROVIDER: u16 = 4000;
 pub const CLOSE_SLOW_CONSUMER: u16 = 1013;
@@ -45,6 +47,16 @@ pub async fn handler(
     Extension(identity): Extension<Identity>,
     ws: WebSocketUpgrade,
 ) -> Response {
+    if state.drain.is_draining() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(shared::error_body::ErrorBody::new(
+                "draining",
+                "This replica is shutting down; reconnect to reach another one.",
+            )),
+        )
+            .into_response();
+    }
     ws.max_message_size(HARD_MAX_MESSAGE_BYTES)
         .on_upgrade(move |socket| connection(state, socket, client_id, identity, params))
 }
@@ -102,6 +114,17 @@ async fn connection(
             return;
         }
     };
+    // Across replicas: the per-user limit, and replacing this client id elsewhere.
+    if let Err(refusal) = state
+        .bus
+        .acquire(identity.user_id, &client_id, conn_id)
+        .await
+    {
+        state.hub.unregister(&client_id, identity.user_id, conn_id);
+        let (code, reason) = refusal.close();
+        let _ = sink.send(close_message(code, reason)).await;
+        return;
+    }
     state.metrics.websocket_active.inc();
     let done = CancellationToken::new();
     let writer = tokio::spawn(write_loop(
@@ -123,6 +146,15 @@ async fn connection(
     let requested = params.get("session_id").map(String::as_str);
     let session = open_session(&state, &identity, requested, &out).await;
     let (jobs, job_rx) = mpsc::channel(QUEUED_MESSAGES);
+    let account = Account::new(
+        Ledger::new(state.store.clone()),
+        state.metrics.clone(),
+        &state.config.scale,
+        identity.user_id,
+        &session.id,
+        llm.name(),
+        &model,
+    );
     let chat = Chat {
         state: state.clone(),
         llm,
@@ -131,6 +163,7 @@ async fn connection(
         user: identity.clone(),
         client_id: client_id.clone(),
         session: session.clone(),
+        account,
     };
     let worker = tokio::spawn(work_loop(chat, job_rx));
     read_loop(&state, stream, &out, &session.id, jobs, &done).await;
@@ -139,6 +172,10 @@ async fn connection(
     worker.abort();
     let _ = writer.await;
     state.hub.unregister(&client_id, identity.user_id, conn_id);
+    state
+        .bus
+        .release(identity.user_id, &client_id, conn_id)
+        .await;
     state.metrics.websocket_active.dec();
 }
 
@@ -266,6 +303,7 @@ struct Chat {
     user: Identity,
     client_id: String,
     session: SessionRef,
+    account: Account,
 }
 
 impl Chat {
@@ -307,6 +345,15 @@ async fn work_loop(chat: Chat, mut jobs: mpsc::Receiver<Job>) {
     let out = &chat.out;
     let reporter = Reporter::new(out.clone(), chat.state.metrics.clone());
     while let Some(job) = jobs.recv().await {
+        if chat.state.drain.is_draining() {
+            let refusal = ServerFrame::error(
+                "This replica is shutting down; reconnect and send your message again",
+            );
+            if out.send(refusal).is_err() {
+                return;
+            }
+            continue;
+        }
         // A message is acknowledged (echoed) only once it is committed.
         if !chat.save_user_message(&job.content).await {
             if out
@@ -328,9 +375,14 @@ async fn work_loop(chat: Chat, mut jobs: mpsc::Receiver<Job>) {
         {
             return;
         }
-        let frame = answer(&chat, &reporter, &job).await;
-        let Some(frame) = frame else { return };
-        if out.send(frame).is_err() || out.send(ServerFrame::Typing { content: false }).is_err() {
+        // The drain waits for the answer and its closing frames, which go out before any 1001.
+        let answered = async {
+            let frame = answer(&chat, &reporter, &job).await?;
+            let sent =
+                out.send(frame).is_ok() && out.send(ServerFrame::Typing { content: false }).is_ok();
+            sent.then_some(())
+        };
+        if chat.state.drain.track(answered).await.is_none() {
             return;
         }
     }
@@ -364,6 +416,7 @@ async fn answer(chat: &Chat, reporter: &Reporter, job: &Job) -> Option<ServerFra
         reporter,
         max_steps: state.config.max_steps,
         history: &context,
+        account: Some(&chat.account),
     };
     match agent::handle(&ctx, &job.content, job.mode.as_deref()).await {
         Ok(answer) => match state

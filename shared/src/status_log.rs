@@ -10,10 +10,11 @@
 //! | `agent_start` | an agent starts on the message | `agent` |
 //! | `analyzing` | the agent decides what to do | `agent` |
 //! | `llm_request` | just before each LLM call | `agent`, `provider`, `model`, `prompt_chars` |
-//! | `llm_response` | right after each LLM call | `agent`, `provider`, `model`, `response_chars`, `duration_ms`, `prompt_tokens`?, `completion_tokens`?, `error`? |
+//! | `llm_response` | right after each LLM call | `agent`, `provider`, `model`, `prompt_chars`, `response_chars`, `duration_ms`, `prompt_tokens`?, `completion_tokens`?, `error`? |
 //! | `tool_execution` | a tool is about to run | `tool`, `arguments` |
-//! | `tool_success` | the tool returned | `tool`, `output_length` (characters of the tool's output) |
-//! | `tool_error` | the tool failed or its arguments were bad | `tool`, `error` |
+//! | `tool_success` | the tool returned | `tool`, `output_length` (characters of the tool's output), `duration_ms` |
+//! | `tool_error` | the tool failed or its arguments were bad | `tool`, `error`, `duration_ms` |
+//! | `quota_exceeded` | a daily usage quota refused an LLM call (none was made) | `agent`, `quota`, `limit`, `used`, `resets_at` |
 //! | `sql_generation` | SQL mode: the LLM writes a query | `question` |
 //! | `sql_executed` | the query ran | `sql`, `row_count`, `output_length` |
 //! | `sql_error` | the query was refused or failed | `sql`, `error` |

@@ -17,6 +17,7 @@ use crate::newsnexus::{NewsDb, Rows};
 use crate::sql_exec::SqlRunner;
 use crate::status_log::Reporter;
 use crate::tools::{self, ToolError};
+use crate::usage::Account;
 
 /// Everything an agent needs for one message.
 pub struct AgentCtx<'a> {
@@ -31,6 +32,8 @@ pub struct AgentCtx<'a> {
     pub max_steps: usize,
     /// Earlier user and assistant messages of this conversation.
     pub history: &'a [ChatMessage],
+    /// Where LLM and tool calls are accounted and quotas checked (none in tools-only uses).
+    pub account: Option<&'a Account>,
 }
 
 /// Why a message got no answer.
@@ -40,6 +43,9 @@ pub enum AgentError {
     Llm(#[from] LlmError),
     #[error("the connection went away")]
     Gone,
+    /// A daily quota is used up; the message says when it resets.
+    #[error("{0}")]
+    Quota(String),
 }
 
 impl From<Gone> for AgentError {
@@ -64,6 +70,22 @@ pub async fn call_llm(
 ) -> Result<LlmReply, AgentError> {
     let provider = ctx.llm.name();
     let sent = prompt_chars(req.messages);
+    if let Some(account) = ctx.account {
+        if let Err(q) = account.check(sent).await {
+            ctx.reporter.step(
+                "quota_exceeded",
+                q.message(),
+                &[
+                    ("agent", json!(agent)),
+                    ("quota", json!(q.quota)),
+                    ("limit", json!(q.limit)),
+                    ("used", json!(q.used)),
+                    ("resets_at", json!(q.resets_at)),
+                ],
+            )?;
+            return Err(AgentError::Quota(q.message()));
+        }
+    }
     ctx.reporter.step(
         "llm_request",
         format!("Asking {provider}/{} ({sent} characters)", req.model),
@@ -84,6 +106,7 @@ pub async fn call_llm(
         .with("agent", agent)
         .with("provider", provider)
         .with("model", req.model)
+        .with("prompt_chars", sent)
         .with("duration_ms", elapsed.as_millis() as u64);
     match result {
         Ok(reply) => {
@@ -100,6 +123,7 @@ pub async fn call_llm(
                 "{provider} answered: {got} characters in {} ms",
                 elapsed.as_millis()
             );
+            account(ctx, &p).await;
             ctx.reporter.emit(p)?;
             Ok(reply)
         }
@@ -109,6 +133,7 @@ pub async fn call_llm(
                 .inc();
             let mut p = base.with("response_chars", 0).with("error", e.to_string());
             p.message = format!("{provider} failed: {e}");
+            account(ctx, &p).await;
             ctx.reporter.emit(p)?;
             Err(e.into())
         }
@@ -127,32 +152,42 @@ pub async fn call_tool(
         format!("Running {tool}"),
         &[("tool", json!(tool)), ("arguments", arguments.clone())],
     )?;
+    let started = Instant::now();
     let result = tools::run(ctx.db, ctx.sql, ctx.user_id, tool, arguments).await;
+    let duration_ms = started.elapsed().as_millis() as u64;
     let m = &ctx.reporter.metrics;
-    match &result {
+    let entry = match &result {
         Ok((output, _)) => {
             m.tool_calls
                 .with_label_values(&[tool_label(tool), "ok"])
                 .inc();
             let len = char_count(output);
-            ctx.reporter.step(
-                "tool_success",
-                format!("{tool} returned {len} characters"),
-                &[("tool", json!(tool)), ("output_length", json!(len))],
-            )?;
+            Progress::new("tool_success", format!("{tool} returned {len} characters"))
+                .with("tool", tool)
+                .with("output_length", len)
+                .with("duration_ms", duration_ms)
         }
         Err(e) => {
             m.tool_calls
                 .with_label_values(&[tool_label(tool), "error"])
                 .inc();
-            ctx.reporter.step(
-                "tool_error",
-                format!("{tool} failed: {e}"),
-                &[("tool", json!(tool)), ("error", json!(e.to_string()))],
-            )?;
+            Progress::new("tool_error", format!("{tool} failed: {e}"))
+                .with("tool", tool)
+                .with("error", e.to_string())
+                .with("duration_ms", duration_ms)
         }
-    }
+    };
+    account(ctx, &entry).await;
+    ctx.reporter.emit(entry)?;
     Ok(result)
+}
+
+/// Writes a status-log entry's ledger row, before the entry goes out, so that whatever the client
+/// has seen is already accounted for.
+async fn account(ctx: &AgentCtx<'_>, entry: &Progress) {
+    if let Some(account) = ctx.account {
+        account.record(entry).await;
+    }
 }
 
 /// Tool names from an LLM are free text: only known names become metric labels.

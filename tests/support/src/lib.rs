@@ -5,7 +5,8 @@
 //! PostgreSQL: [`PgTestDb::create`] makes a new database on `TEST_POSTGRES_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/test`) and drops it when the value is dropped. When the
 //! server cannot be reached the test is skipped with a loud message, unless `REQUIRE_POSTGRES=1`
-//! (CI sets it), in which case the test fails.
+//! (CI sets it), in which case the test fails. NATS works the same way with `REQUIRE_NATS=1`
+//! ([`nats`]).
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use sqlx::{Connection, Executor};
 
+pub mod nats;
 pub mod ws;
 
 /// The fixture as SQLite statements (the shapes NewsNexus10 uses): agent-service's demo data.
