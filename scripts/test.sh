@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check of the project: formatting, clippy, all tests (unit, integration on SQLite and
 # PostgreSQL, whole-stack), the long ignored tests, the deploy manifests and a live promtool check of
-# both services' metrics. This is what CI runs (.ci/run sets REQUIRE_POSTGRES=1 so PostgreSQL tests
-# fail instead of skipping when the server is unreachable).
+# both services' metrics. This is what CI runs (.ci/run sets REQUIRE_POSTGRES=1 and REQUIRE_NATS=1 so
+# PostgreSQL and NATS tests fail instead of skipping when the server is unreachable).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/prereqs.sh

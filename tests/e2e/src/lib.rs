@@ -123,11 +123,21 @@ pub struct Stack {
     pub proxy_port: u16,
     pub admin_port: u16,
     pub http: reqwest::Client,
+    /// Extra agent environment (store, bus, provider settings of a scale-out test).
+    pub agent_env: Vec<(String, String)>,
 }
 
 impl Stack {
     /// Starts agent-service then auth-proxy and waits until both are ready.
     pub async fn start() -> Stack {
+        let mut stack = Stack::new(Vec::new()).await;
+        stack.start_agent().await;
+        stack.start_proxy().await;
+        stack
+    }
+
+    /// A stack (one pod) whose agent gets `agent_env` on top of the defaults; nothing started yet.
+    pub async fn new(agent_env: Vec<(String, String)>) -> Stack {
         ensure_binaries();
         let dir = tempfile::tempdir().expect("temp dir");
         let db = sqlite_fixture(dir.path(), "newsnexus.db").await;
@@ -135,7 +145,7 @@ impl Stack {
             .timeout(Duration::from_secs(10))
             .build()
             .expect("http client");
-        let mut stack = Stack {
+        Stack {
             db_url: sqlite_url(&db),
             dir,
             agent: None,
@@ -144,14 +154,18 @@ impl Stack {
             proxy_port: free_port(),
             admin_port: free_port(),
             http,
-        };
-        stack.start_agent().await;
-        stack.start_proxy().await;
-        stack
+            agent_env,
+        }
     }
 
     /// (Re)starts agent-service on its port and waits for `/health`.
     pub async fn start_agent(&mut self) {
+        self.spawn_agent();
+        self.wait_agent().await;
+    }
+
+    /// Starts agent-service without waiting (to start several at once).
+    pub fn spawn_agent(&mut self) {
         let data = self.dir.path().join("agent-data");
         static STARTS: AtomicUsize = AtomicUsize::new(0);
         let n = STARTS.fetch_add(1, Ordering::Relaxed);
@@ -165,7 +179,12 @@ impl Stack {
             .env("LLM_PROVIDER", "offline")
             .env("AGENT_DATA_DIR", &data)
             .env("RUST_LOG", "info");
+        cmd.envs(self.agent_env.iter().map(|(k, v)| (k, v)));
         self.agent = Some(Proc::spawn(&mut cmd, log));
+    }
+
+    /// Waits until the agent answers `/health`.
+    pub async fn wait_agent(&mut self) {
         let url = format!("http://127.0.0.1:{}/health", self.agent_port);
         wait_ready(&self.http, &url, self.agent.as_mut().expect("agent")).await;
     }
@@ -315,6 +334,20 @@ pub mod ws {
         }
     }
 
+    /// Reads until the socket closes; the close code, if the peer sent one.
+    pub async fn closed_with(socket: &mut Socket) -> Option<u16> {
+        loop {
+            let msg = tokio::time::timeout(FRAME_TIMEOUT, socket.next())
+                .await
+                .expect("no close in time");
+            match msg {
+                Some(Ok(Message::Close(c))) => return c.map(|c| u16::from(c.code)),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+
     /// Frames up to and including `typing:false` (the end of one answer).
     pub async fn until_idle(socket: &mut Socket) -> Vec<Value> {
         let mut frames = Vec::new();
@@ -326,5 +359,94 @@ pub mod ws {
             }
         }
         frames
+    }
+}
+
+/// A fake OpenAI-compatible LLM server: counts the requests it receives and answers each one with
+/// a short completion (with token usage). While held ([`FakeLlm::hold`]), answers wait until
+/// [`FakeLlm::release`].
+pub mod fake_llm {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use axum::extract::State;
+    use axum::routing::post;
+    use axum::{Json, Router};
+    use serde_json::{json, Value};
+    use tokio::sync::{watch, Notify};
+
+    #[derive(Clone)]
+    pub struct FakeLlm {
+        pub port: u16,
+        requests: Arc<AtomicUsize>,
+        arrived: Arc<Notify>,
+        held: Arc<watch::Sender<bool>>,
+    }
+
+    /// The completion every request gets.
+    pub const ANSWER: &str = "There are 3 approved articles.";
+
+    async fn complete(State(f): State<FakeLlm>, Json(_body): Json<Value>) -> Json<Value> {
+        f.requests.fetch_add(1, Ordering::SeqCst);
+        f.arrived.notify_waiters();
+        let mut held = f.held.subscribe();
+        let _ = held.wait_for(|h| !*h).await;
+        Json(json!({
+            "choices": [{"message": {"role": "assistant", "content": ANSWER}}],
+            "usage": {"prompt_tokens": 11, "completion_tokens": 7}
+        }))
+    }
+
+    impl FakeLlm {
+        pub async fn start() -> FakeLlm {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let fake = FakeLlm {
+                port: listener.local_addr().unwrap().port(),
+                requests: Arc::default(),
+                arrived: Arc::default(),
+                held: Arc::new(watch::channel(false).0),
+            };
+            let app = Router::new()
+                .route("/v1/chat/completions", post(complete))
+                .with_state(fake.clone());
+            tokio::spawn(async move {
+                axum::serve(listener, app).await.ok();
+            });
+            fake
+        }
+
+        /// `URL_BASE_OPENAI` for the agent.
+        pub fn base(&self) -> String {
+            format!("http://127.0.0.1:{}/v1", self.port)
+        }
+
+        pub fn requests(&self) -> usize {
+            self.requests.load(Ordering::SeqCst)
+        }
+
+        /// Makes answers wait until [`FakeLlm::release`].
+        pub fn hold(&self) {
+            self.held.send_replace(true);
+        }
+
+        pub fn release(&self) {
+            self.held.send_replace(false);
+        }
+
+        /// Waits (bounded) until at least `n` requests have arrived.
+        pub async fn wait_for_requests(&self, n: usize, limit: std::time::Duration) {
+            let wait = async {
+                loop {
+                    let arrived = self.arrived.notified();
+                    if self.requests() >= n {
+                        return;
+                    }
+                    arrived.await;
+                }
+            };
+            tokio::time::timeout(limit, wait)
+                .await
+                .expect("the LLM request arrived in time");
+        }
     }
 }
