@@ -2,8 +2,10 @@
 """Renders this repository's kustomizations offline, for validation where no kustomize binary exists.
 
 Supports exactly what deploy/k8s uses: `resources` (files or directories with a kustomization),
-`configMapGenerator` (files; behavior create/replace) and `patches` (strategic-merge patches that add or
-replace containers by name and delete them with `$patch: delete`). Prints a multi-document YAML stream.
+`configMapGenerator` (files; behavior create/replace) and `patches` (strategic-merge patches: lists of
+containers, env entries, volumes and volume mounts merge by name, an entry with `$patch: delete` removes
+its namesake, and a whole patch document with `$patch: delete` removes the resource). Prints a
+multi-document YAML stream.
 """
 import copy
 import os
@@ -17,7 +19,11 @@ def load_docs(path):
         return [d for d in yaml.safe_load_all(f) if d]
 
 
-def merge_containers(base, patch):
+# Lists kustomize merges by the entries' `name` (their strategic-merge patch key).
+NAMED_LISTS = ("containers", "initContainers", "env", "volumes", "volumeMounts")
+
+
+def merge_named(base, patch):
     by_name = {c["name"]: c for c in base}
     order = [c["name"] for c in base]
     for c in patch:
@@ -37,8 +43,8 @@ def merge(base, patch):
         return copy.deepcopy(patch)
     out = copy.deepcopy(base)
     for k, v in patch.items():
-        if k in ("containers", "initContainers") and isinstance(v, list):
-            out[k] = merge_containers(out.get(k, []), v)
+        if k in NAMED_LISTS and isinstance(v, list):
+            out[k] = merge_named(out.get(k, []), v)
         elif k in out:
             out[k] = merge(out[k], v)
         else:
@@ -63,6 +69,9 @@ def render(directory):
         docs.append(cm)
     for p in kust.get("patches", []):
         for patch in load_docs(os.path.join(directory, p["path"])):
+            if patch.get("$patch") == "delete":
+                docs = [d for d in docs if not (d["kind"] == patch["kind"] and d["metadata"]["name"] == patch["metadata"]["name"])]
+                continue
             for i, d in enumerate(docs):
                 if d["kind"] == patch["kind"] and d["metadata"]["name"] == patch["metadata"]["name"]:
                     docs[i] = merge(d, patch)
