@@ -86,22 +86,6 @@ async fn every_metric_the_dashboard_queries_exists_on_the_live_pages() {
     let bad = stack.edge_ws("/ws/dash?token=not-a-token");
     assert!(ws::connect(&bad, &[]).await.is_err());
 
-    let mut live = BTreeSet::new();
-    for url in [
-        format!("http://127.0.0.1:{}/metrics", stack.admin_port),
-        stack.agent_url("/metrics"),
-    ] {
-        let page = stack
-            .http
-            .get(&url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        live.extend(sample_names(&page));
-    }
     let dashboard: Value = serde_json::from_str(DASHBOARD).expect("dashboard is JSON");
     let mut all = Vec::new();
     exprs(&dashboard, &mut all);
@@ -110,9 +94,34 @@ async fn every_metric_the_dashboard_queries_exists_on_the_live_pages() {
         queried.len() >= 10,
         "too few metrics found in the dashboard: {queried:?}"
     );
-    let missing: Vec<&String> = queried.iter().filter(|n| !live.contains(*n)).collect();
-    assert!(
-        missing.is_empty(),
-        "the dashboard queries metrics the services do not expose: {missing:?}"
-    );
+    // The edge records a request's metrics just after answering it: scrape until they are in
+    // (bounded), then require every queried name.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let mut live = BTreeSet::new();
+        for url in [
+            format!("http://127.0.0.1:{}/metrics", stack.admin_port),
+            stack.agent_url("/metrics"),
+        ] {
+            let page = stack
+                .http
+                .get(&url)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            live.extend(sample_names(&page));
+        }
+        let missing: Vec<&String> = queried.iter().filter(|n| !live.contains(*n)).collect();
+        if missing.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dashboard queries metrics the services do not expose: {missing:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
