@@ -21,10 +21,14 @@ struct Replica {
 }
 
 async fn replica(url: &str, namespace: &str, limit: usize) -> Replica {
+    replica_with_ttl(url, namespace, limit, Duration::from_secs(30)).await
+}
+
+async fn replica_with_ttl(url: &str, namespace: &str, limit: usize, ttl: Duration) -> Replica {
     let config = ScaleConfig {
         bus_url: Some(url.to_string()),
         bus_namespace: namespace.to_string(),
-        lease_ttl: Duration::from_secs(30),
+        lease_ttl: ttl,
         drain_grace: Duration::from_secs(1),
         daily_prompt_chars_per_user: 0,
         daily_llm_calls_per_user: 0,
@@ -117,4 +121,37 @@ async fn two_replicas_share_broadcasts_replacements_and_the_limit() {
     a.bus.release(7, "tab-1", c2).await;
     assert!(open(&b, 7, "tab-3").await.is_ok());
     let _ = c3;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_replicas_leases_stop_counting_after_the_ttl() {
+    let Some(url) = nats_url() else { return };
+    let ns = unique_namespace();
+    let live = replica_with_ttl(&url, &ns, 1, Duration::from_secs(3)).await;
+    // The first lease creates the bucket (max age = the TTL).
+    assert!(open(&live, 8, "warm-up").await.is_ok());
+    // A replica that died holding user 7's only slot: its lease is never refreshed or released.
+    let client = async_nats::connect(url.as_str()).await.unwrap();
+    let kv = async_nats::jetstream::new(client)
+        .get_key_value(format!("{ns}_agent_leases"))
+        .await
+        .unwrap();
+    kv.put(
+        agent_service::bus::lease_key(7, "dead-tab"),
+        "dead-replica/1".into(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        open(&live, 7, "tab").await.err(),
+        Some(Refusal::TooManyConnections)
+    );
+    // Within a few TTLs the dead lease expires and the slot is free again (bounded wait).
+    tokio::time::timeout(Duration::from_secs(15), async {
+        while open(&live, 7, "tab").await.is_err() {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    })
+    .await
+    .expect("the dead replica's slot was freed by the TTL");
 }
