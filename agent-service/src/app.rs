@@ -109,7 +109,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("AGENT_LISTEN {listen}: {e}"))?;
-    tracing::info!(%listen, provider = %state.config.default_provider, "agent-service listening");
+    let policy = &state.config.llm_policy;
+    tracing::info!(%listen, provider = %state.config.default_provider, llm_allowed = ?policy.allowed, llm_pin = policy.pin, "agent-service listening");
     let draining = state.clone();
     axum::serve(listener, router(state))
         .with_graceful_shutdown(async move {

@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::llm::policy::{parse_allowed, Policy};
+
 #[derive(Debug, Clone)]
 pub struct Config {
     /// `AGENT_LISTEN` (or `PORT` on 127.0.0.1), default `127.0.0.1:8000`.
@@ -48,6 +50,18 @@ pub struct Config {
     pub max_sessions_per_user: u64,
     /// Scale-out settings: the NATS bus, the drain grace, usage quotas.
     pub scale: ScaleConfig,
+    /// `LLM_ALLOWED` and `LLM_PIN`: which providers and models clients may pick (see `llm::policy`).
+    pub llm_policy: Policy,
+    /// `LOG_FORMAT`: `human` (default) or `json`.
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
 }
 
 /// Settings for running several replicas and accounting for use.
@@ -138,6 +152,14 @@ pub(crate) fn number<T: std::str::FromStr>(
     }
 }
 
+fn flag(env: &dyn Fn(&str) -> Option<String>, name: &'static str) -> Result<bool, ConfigError> {
+    match env(name).map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+        None | Some("") | Some("false") | Some("0") | Some("no") => Ok(false),
+        Some("true") | Some("1") | Some("yes") => Ok(true),
+        Some(other) => Err(err(name, format!("{other:?} is not true or false"))),
+    }
+}
+
 impl Config {
     pub fn from_env() -> Result<Config, ConfigError> {
         Self::load(&|k| std::env::var(k).ok())
@@ -222,6 +244,29 @@ impl Config {
         if max_sessions_per_user == 0 {
             return Err(err("AGENT_MAX_SESSIONS_PER_USER", "must be at least 1"));
         }
+        let default_model = get("LLM_MODEL");
+        let llm_policy = Policy {
+            allowed: match get("LLM_ALLOWED") {
+                Some(v) => parse_allowed(&v).map_err(|e| err("LLM_ALLOWED", e))?,
+                None => parse_allowed(&default_provider).map_err(|e| err("LLM_PROVIDER", e))?,
+            },
+            pin: flag(env, "LLM_PIN")?,
+            default_provider: default_provider.clone(),
+            default_model: default_model.clone(),
+        };
+        if !llm_policy.allows_default() {
+            return Err(err(
+                "LLM_ALLOWED",
+                format!("must include the default provider LLM_PROVIDER={default_provider}"),
+            ));
+        }
+        let log_format = match get("LOG_FORMAT").map(|v| v.to_ascii_lowercase()).as_deref() {
+            None | Some("human") => LogFormat::Human,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(err("LOG_FORMAT", format!("{other:?} is not human or json")))
+            }
+        };
         let max_steps = number(env, "AGENT_MAX_STEPS", 4usize)?;
         if max_steps == 0 {
             return Err(err("AGENT_MAX_STEPS", "must be at least 1"));
@@ -231,7 +276,7 @@ impl Config {
             identity_secret,
             database_url,
             default_provider,
-            default_model: get("LLM_MODEL"),
+            default_model,
             openai_base: get("URL_BASE_OPENAI")
                 .unwrap_or_else(|| "https://api.openai.com/v1".into()),
             openai_key: get("KEY_OPENAI"),
@@ -250,6 +295,8 @@ impl Config {
             identity_nonce_capacity,
             max_sessions_per_user,
             scale: ScaleConfig::load(env)?,
+            llm_policy,
+            log_format,
         })
     }
 
@@ -340,5 +387,48 @@ mod tests {
             let extra: &'static [(&str, &str)] = Box::leak(Box::new([bad]));
             assert_eq!(Config::load(&base(extra)).unwrap_err().name, name);
         }
+    }
+
+    #[test]
+    fn provider_policy_and_log_format() {
+        let base = |extra: &'static [(&'static str, &'static str)]| {
+            move |k: &str| match k {
+                "IDENTITY_SECRET" => Some(SECRET.to_string()),
+                "DATABASE_URL" => Some("sqlite://x.db".to_string()),
+                _ => extra
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string()),
+            }
+        };
+        let c = Config::load(&base(&[])).unwrap();
+        assert!(c.llm_policy.permits("offline", None));
+        assert!(!c.llm_policy.permits("ollama", None));
+        assert!(!c.llm_policy.pin);
+        assert_eq!(c.log_format, LogFormat::Human);
+        let c = Config::load(&base(&[
+            ("LLM_ALLOWED", "offline,ollama:mistral:instruct"),
+            ("LLM_PIN", "true"),
+            ("LOG_FORMAT", "JSON"),
+        ]))
+        .unwrap();
+        assert!(c.llm_policy.permits("ollama", Some("mistral:instruct")));
+        assert!(c.llm_policy.pin);
+        assert_eq!(c.log_format, LogFormat::Json);
+        let e = Config::load(&base(&[("LLM_ALLOWED", "openai")])).unwrap_err();
+        assert_eq!(e.name, "LLM_ALLOWED");
+        assert!(e.problem.contains("LLM_PROVIDER=offline"), "{e}");
+        assert_eq!(
+            Config::load(&base(&[("LLM_PIN", "maybe")]))
+                .unwrap_err()
+                .name,
+            "LLM_PIN"
+        );
+        assert_eq!(
+            Config::load(&base(&[("LOG_FORMAT", "xml")]))
+                .unwrap_err()
+                .name,
+            "LOG_FORMAT"
+        );
     }
 }

@@ -15,6 +15,7 @@ pub mod http;
 pub mod hub;
 pub mod identity;
 pub mod llm;
+pub mod logs;
 pub mod metrics;
 pub mod newsnexus;
 pub mod replay;

@@ -33,37 +33,27 @@ enum Command {
     DemoDb { path: String },
 }
 
-fn init_logs() {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .try_init();
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => {
-            init_logs();
-            match Config::from_env() {
-                Ok(config) => agent_service::app::serve(config).await,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::from(2);
-                }
+        Command::Serve => match Config::from_env() {
+            Ok(config) => {
+                agent_service::logs::init(config.log_format);
+                agent_service::app::serve(config).await
             }
-        }
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(2);
+            }
+        },
         Command::Chat { url, messages } => agent_service::chat_client::run(&url, messages).await,
         Command::DemoDb { path } => agent_service::demo_db::create(&path).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }

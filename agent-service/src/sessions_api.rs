@@ -28,7 +28,7 @@ fn not_found() -> Response {
 }
 
 fn unavailable(e: StoreError) -> Response {
-    tracing::error!("{e}");
+    tracing::error!(error = %crate::logs::chain(&e), "the chat session store failed");
     (
         StatusCode::SERVICE_UNAVAILABLE,
         Json(ErrorBody::new(

@@ -5,25 +5,42 @@
 use std::sync::Arc;
 
 use crate::hub::{Gone, Outbound};
+use crate::logs::AnswerTally;
 use crate::metrics::Metrics;
 use serde_json::Value;
 use shared::frames::ServerFrame;
 use shared::status_log::Progress;
 
-/// Reports one message's steps.
+/// Reports one message's steps, and tallies them for the answer's log line.
 pub struct Reporter {
     pub out: Outbound,
     pub metrics: Arc<Metrics>,
+    tally: std::sync::Mutex<AnswerTally>,
 }
 
 impl Reporter {
     pub fn new(out: Outbound, metrics: Arc<Metrics>) -> Reporter {
-        Reporter { out, metrics }
+        Reporter {
+            out,
+            metrics,
+            tally: Default::default(),
+        }
     }
 
     /// Sends one entry now.
     pub fn emit(&self, p: Progress) -> Result<(), Gone> {
+        if let Ok(mut t) = self.tally.lock() {
+            t.observe(&p);
+        }
         self.out.send(ServerFrame::AgentProgress(p))
+    }
+
+    /// What was reported since the last call (one answer's worth).
+    pub fn take_tally(&self) -> AnswerTally {
+        self.tally
+            .lock()
+            .map(|mut t| std::mem::take(&mut *t))
+            .unwrap_or_default()
     }
 
     /// Sends an entry with `(key, value)` details.

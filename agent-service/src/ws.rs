@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::{self, AgentCtx, AgentError};
 use crate::app::AppState;
+use crate::config::PROVIDERS;
 use crate::hub::{Out, Outbound};
 use crate::llm::{Llm, Role};
 use crate::sessions_api::enforce_session_cap;
@@ -74,32 +75,35 @@ async fn connection(
     identity: Identity,
     params: HashMap<String, String>,
 ) {
+    let opened = Instant::now();
     let (mut sink, stream) = socket.split();
-    let provider = params
-        .get("provider")
-        .cloned()
-        .unwrap_or_else(|| state.config.default_provider.clone());
-    let Some(llm) = Llm::by_name(&provider, &state.config, &state.http) else {
+    let requested = params.get("provider").map(String::as_str);
+    if let Some(name) = requested.filter(|p| !p.is_empty() && !PROVIDERS.contains(p)) {
         let reason = format!(
             "Invalid provider: {}",
-            provider.chars().take(40).collect::<String>()
+            name.chars().take(40).collect::<String>()
         );
         let _ = sink
             .send(close_message(CLOSE_INVALID_PROVIDER, &reason))
             .await;
+        log_closed(&identity, &client_id, opened, CLOSE_INVALID_PROVIDER);
+        return;
+    }
+    let choice =
+        state
+            .config
+            .llm_policy
+            .resolve(requested, params.get("model").map(String::as_str), &|p| {
+                Llm::builtin_model(p).to_string()
+            });
+    let Some(llm) = Llm::by_name(&choice.provider, &state.config, &state.http) else {
+        // The policy only resolves to configured provider names.
+        tracing::error!(provider = %choice.provider, "the provider policy chose an unknown provider");
         return;
     };
-    let model = params
-        .get("model")
-        .filter(|m| !m.is_empty())
-        .cloned()
-        .or_else(|| {
-            state
-                .config
-                .default_model
-                .clone()
-                .filter(|_| provider == state.config.default_provider)
-        })
+    let model = choice
+        .model
+        .clone()
         .unwrap_or_else(|| llm.default_model().to_string());
 
     let (out, rx, slow) = Outbound::new(state.config.outbound_queue);
@@ -111,6 +115,7 @@ async fn connection(
         Err(refusal) => {
             let (code, reason) = refusal.close();
             let _ = sink.send(close_message(code, reason)).await;
+            log_closed(&identity, &client_id, opened, code);
             return;
         }
     };
@@ -125,6 +130,14 @@ async fn connection(
         let _ = sink.send(close_message(code, reason)).await;
         return;
     }
+    tracing::info!(
+        user_id = identity.user_id,
+        client_id = %client_id,
+        provider = llm.name(),
+        model = %model,
+        fallback = choice.notice.is_some(),
+        "connection opened"
+    );
     state.metrics.websocket_active.inc();
     let done = CancellationToken::new();
     let writer = tokio::spawn(write_loop(
@@ -135,12 +148,15 @@ async fn connection(
         state.config.ping_interval,
     ));
 
-    let welcome = format!(
+    let mut welcome = format!(
         "Welcome, {}! You are connected to the Fluxion00 agent ({}/{}).",
         identity.username,
         llm.name(),
         model
     );
+    if let Some(notice) = &choice.notice {
+        welcome.push_str(&format!(" Note: {notice}."));
+    }
     let _ = out.send(ServerFrame::system(welcome));
 
     let requested = params.get("session_id").map(String::as_str);
@@ -164,19 +180,37 @@ async fn connection(
         client_id: client_id.clone(),
         session: session.clone(),
         account,
+        notice: choice.notice,
     };
     let worker = tokio::spawn(work_loop(chat, job_rx));
-    read_loop(&state, stream, &out, &session.id, jobs, &done).await;
+    let received = read_loop(&state, stream, &out, &session.id, jobs, &done).await;
 
     done.cancel();
     worker.abort();
-    let _ = writer.await;
+    let sent = writer.await.ok().flatten();
     state.hub.unregister(&client_id, identity.user_id, conn_id);
     state
         .bus
         .release(identity.user_id, &client_id, conn_id)
         .await;
     state.metrics.websocket_active.dec();
+    // The code this side sent wins; else the client's; 1006 when the socket just ended.
+    log_closed(
+        &identity,
+        &client_id,
+        opened,
+        sent.or(received).unwrap_or(1006),
+    );
+}
+
+fn log_closed(identity: &Identity, client_id: &str, opened: Instant, close_code: u16) {
+    tracing::info!(
+        user_id = identity.user_id,
+        client_id = %client_id,
+        duration_ms = opened.elapsed().as_millis() as u64,
+        close_code,
+        "connection closed"
+    );
 }
 
 fn close_message(code: u16, reason: &str) -> Message {
@@ -193,25 +227,29 @@ async fn read_loop(
     session_id: &str,
     jobs: mpsc::Sender<Job>,
     done: &CancellationToken,
-) {
+) -> Option<u16> {
     let idle = state.config.idle_timeout;
     loop {
         let next = tokio::select! {
-            _ = done.cancelled() => return,
+            _ = done.cancelled() => return None,
             n = tokio::time::timeout(idle, stream.next()) => n,
         };
         let msg = match next {
             Err(_) => {
                 tracing::info!("dropping a peer silent for {idle:?}");
                 let _ = out.close(1001, "idle timeout");
-                return;
+                return None;
             }
-            Ok(None) | Ok(Some(Err(_))) => return,
+            Ok(None) => return None,
+            Ok(Some(Err(e))) => {
+                tracing::debug!(error = %crate::logs::chain(&e), "WebSocket read failed");
+                return None;
+            }
             Ok(Some(Ok(m))) => m,
         };
         let text = match msg {
             Message::Text(t) => t,
-            Message::Close(_) => return,
+            Message::Close(frame) => return Some(frame.map_or(1005, |f| f.code)),
             Message::Ping(_) | Message::Pong(_) => continue,
             Message::Binary(_) => {
                 let _ = out.send(ServerFrame::error("Invalid message format"));
@@ -230,7 +268,7 @@ async fn read_loop(
             Some(ClientFrame::ClearHistory) => match state.store.clear_context(session_id).await {
                 Ok(()) => Some(ServerFrame::system("Conversation history cleared")),
                 Err(e) => {
-                    tracing::error!("{e}");
+                    tracing::error!(session = %session_id, error = %crate::logs::chain(&e), "clearing the history failed");
                     Some(ServerFrame::error(
                         "The history could not be cleared; try again",
                     ))
@@ -249,7 +287,7 @@ async fn read_loop(
         };
         if let Some(frame) = reply {
             if out.send(frame).is_err() {
-                return;
+                return None;
             }
         }
     }
@@ -304,6 +342,8 @@ struct Chat {
     client_id: String,
     session: SessionRef,
     account: Account,
+    /// The provider policy's fallback notice, repeated in the first entry of each answer.
+    notice: Option<String>,
 }
 
 impl Chat {
@@ -334,7 +374,7 @@ impl Chat {
                 true
             }
             Err(e) => {
-                tracing::error!("{e}");
+                tracing::error!(session = %self.session.id, error = %crate::logs::chain(&e), "storing a user message failed");
                 false
             }
         }
@@ -377,7 +417,10 @@ async fn work_loop(chat: Chat, mut jobs: mpsc::Receiver<Job>) {
         }
         // The drain waits for the answer and its closing frames, which go out before any 1001.
         let answered = async {
-            let frame = answer(&chat, &reporter, &job).await?;
+            let started = Instant::now();
+            let frame = answer(&chat, &reporter, &job).await;
+            log_answer(&chat, &reporter, started, frame.as_ref());
+            let frame = frame?;
             let sent =
                 out.send(frame).is_ok() && out.send(ServerFrame::Typing { content: false }).is_ok();
             sent.then_some(())
@@ -388,13 +431,38 @@ async fn work_loop(chat: Chat, mut jobs: mpsc::Receiver<Job>) {
     }
 }
 
+/// The answer's log line: what it used and how it ended, never what was said.
+fn log_answer(chat: &Chat, reporter: &Reporter, started: Instant, frame: Option<&ServerFrame>) {
+    let tally = reporter.take_tally();
+    let outcome = match frame {
+        Some(ServerFrame::AgentMessage { .. }) => "ok",
+        Some(_) => "error",
+        None => "gone",
+    };
+    tracing::info!(
+        user_id = chat.user.user_id,
+        client_id = %chat.client_id,
+        session = %chat.session.id,
+        provider = chat.llm.name(),
+        model = %chat.model,
+        agents = %tally.agents(),
+        tools = %tally.tools(),
+        llm_calls = tally.llm_calls,
+        prompt_chars = tally.prompt_chars,
+        response_chars = tally.response_chars,
+        duration_ms = started.elapsed().as_millis() as u64,
+        outcome,
+        "answer"
+    );
+}
+
 /// Runs one message through an agent; the answer is committed before it is returned for sending.
 async fn answer(chat: &Chat, reporter: &Reporter, job: &Job) -> Option<ServerFrame> {
     let state = &chat.state;
     let mut context = match state.store.context(&chat.session.id).await {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!("{e}");
+            tracing::error!(session = %chat.session.id, error = %crate::logs::chain(&e), "loading the conversation failed");
             return Some(ServerFrame::error(
                 "The conversation could not be loaded; try again",
             ));
@@ -417,6 +485,7 @@ async fn answer(chat: &Chat, reporter: &Reporter, job: &Job) -> Option<ServerFra
         max_steps: state.config.max_steps,
         history: &context,
         account: Some(&chat.account),
+        notice: chat.notice.as_deref(),
     };
     match agent::handle(&ctx, &job.content, job.mode.as_deref()).await {
         Ok(answer) => match state
@@ -426,14 +495,17 @@ async fn answer(chat: &Chat, reporter: &Reporter, job: &Job) -> Option<ServerFra
         {
             Ok(_) => Some(ServerFrame::AgentMessage { content: answer }),
             Err(e) => {
-                tracing::error!("{e}");
+                tracing::error!(session = %chat.session.id, error = %crate::logs::chain(&e), "storing an answer failed");
                 Some(ServerFrame::error(
                     "The answer could not be saved; please ask again",
                 ))
             }
         },
         Err(AgentError::Gone) => None,
-        Err(e) => Some(ServerFrame::error(e.to_string())),
+        Err(e) => {
+            tracing::error!(session = %chat.session.id, error = %crate::logs::chain(&e), "answering failed");
+            Some(ServerFrame::error(e.to_string()))
+        }
     }
 }
 
@@ -443,7 +515,7 @@ async fn write_loop(
     slow: CancellationToken,
     done: CancellationToken,
     ping_every: Duration,
-) {
+) -> Option<u16> {
     let mut ping = tokio::time::interval(ping_every);
     ping.tick().await;
     loop {
@@ -453,28 +525,28 @@ async fn write_loop(
                 tracing::warn!("closing a connection whose client does not read (outbound queue full)");
                 let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.send(close_message(CLOSE_SLOW_CONSUMER, "slow consumer"))).await;
                 done.cancel();
-                return;
+                return Some(CLOSE_SLOW_CONSUMER);
             }
             out = rx.recv() => match out {
                 Some(Out::Frame(f)) => Message::Text(f.to_json().into()),
                 Some(Out::Close(code, reason)) => {
                     let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.send(close_message(code, &reason))).await;
                     done.cancel();
-                    return;
+                    return Some(code);
                 }
-                None => return,
+                None => return None,
             },
             _ = ping.tick() => Message::Ping(Vec::new().into()),
             _ = done.cancelled() => {
                 let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.close()).await;
-                return;
+                return None;
             }
         };
         match tokio::time::timeout(WRITE_TIMEOUT, sink.send(msg)).await {
             Ok(Ok(())) => {}
             _ => {
                 done.cancel();
-                return;
+                return None;
             }
         }
     }

@@ -34,6 +34,8 @@ pub struct AgentCtx<'a> {
     pub history: &'a [ChatMessage],
     /// Where LLM and tool calls are accounted and quotas checked (none in tools-only uses).
     pub account: Option<&'a Account>,
+    /// The provider policy's fallback notice, shown in the first entry of the answer.
+    pub notice: Option<&'a str>,
 }
 
 /// Why a message got no answer.
@@ -230,11 +232,13 @@ pub async fn handle(
     mode: Option<&str>,
 ) -> Result<String, AgentError> {
     let (sql, question) = sql_mode(content, mode);
-    ctx.reporter.step(
-        "processing",
-        "Processing your message",
-        &[("question", json!(question))],
-    )?;
+    let mut first =
+        Progress::new("processing", "Processing your message").with("question", question);
+    if let Some(notice) = ctx.notice {
+        first.message = format!("Processing your message ({notice})");
+        first = first.with("provider_fallback", notice);
+    }
+    ctx.reporter.emit(first)?;
     if sql {
         sql::run(ctx, question).await
     } else {

@@ -9,6 +9,7 @@
 pub mod offline;
 pub mod ollama;
 pub mod openai;
+pub mod policy;
 
 use std::time::Duration;
 
@@ -137,7 +138,8 @@ impl LlmError {
             LlmError::BadResponse(e.to_string())
         } else {
             // reqwest errors name the URL; strip any query string (keys never go there, but be safe).
-            LlmError::Unreachable(e.without_url().to_string())
+            // The cause chain says why ("connection refused"), which the top error alone does not.
+            LlmError::Unreachable(crate::logs::chain(&e.without_url()))
         }
     }
 }
@@ -191,9 +193,14 @@ impl Llm {
     }
 
     pub fn default_model(&self) -> &'static str {
+        Llm::builtin_model(self.name())
+    }
+
+    /// The model a provider uses when none is named.
+    pub fn builtin_model(provider: &str) -> &'static str {
         PROVIDER_INFO
             .iter()
-            .find(|(n, _, _)| *n == self.name())
+            .find(|(n, _, _)| *n == provider)
             .map(|(_, m, _)| *m)
             .unwrap_or(OFFLINE_MODEL)
     }

@@ -37,6 +37,8 @@ impl Agent {
         env.insert("IDENTITY_SECRET".into(), TEST_IDENTITY_SECRET.into());
         env.insert("DATABASE_URL".into(), database_url.into());
         env.insert("LLM_TIMEOUT_SECS".into(), "5".into());
+        // These tests exercise every provider; the provider policy has its own tests.
+        env.insert("LLM_ALLOWED".into(), "offline,openai,ollama".into());
         // Each agent gets its own store file, removed with it, unless the test names one.
         let store_dir = test_support::temp_dir();
         let store = store_dir.path().join("agent-store.db");
