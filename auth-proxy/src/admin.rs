@@ -1,7 +1,9 @@
 //! The admin listener: `/metrics` (Prometheus text), `/healthz` (the process is alive) and
 //! `/readyz` (the database, the state store and the upstream answer, and the proxy is not
-//! draining), and the admin API under `/admin/` ([`crate::admin_api`], only when an admin token is
-//! set). Kept on its own port so it is never exposed through the public Service.
+//! draining), the admin API under `/admin/` ([`crate::admin_api`], only when an admin token is
+//! set), and `/status`, the operator's HTML page ([`crate::status_page`]) with its revocation form
+//! (`POST /status/revocations`). Kept on its own port so it is never exposed through the public
+//! Service.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +16,8 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use serde_json::json;
 
-use crate::state::AppState;
+use crate::state::{now_unix, AppState};
+use crate::status_page::{self, StatusSnapshot};
 
 pub struct AdminApp {
     state: Arc<AppState>,
@@ -40,7 +43,8 @@ fn respond(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> 
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let health = &self.state.health;
-        let path = session.req_header().uri.path();
+        let path = session.req_header().uri.path().to_string();
+        let path = path.as_str();
         if crate::admin_api::owns(path) && !self.state.config.admin_token.is_empty() {
             return crate::admin_api::serve(&self.state, session).await;
         }
@@ -51,6 +55,10 @@ impl ServeHttp for AdminApp {
                 self.state.metrics.render(),
             ),
             "/healthz" => respond(200, "application/json", br#"{"status":"alive"}"#.to_vec()),
+            "/status" => status_page(&self.state, 200, None),
+            "/status/revocations" if session.req_header().method == http::Method::POST => {
+                revoke_from_form(&self.state, session).await
+            }
             "/readyz" => {
                 let ready = health.is_ready();
                 let body = json!({
@@ -69,9 +77,121 @@ impl ServeHttp for AdminApp {
             _ => respond(
                 404,
                 "application/json",
-                br#"{"error":"not_found","message":"Try /metrics, /healthz or /readyz."}"#.to_vec(),
+                br#"{"error":"not_found","message":"Try /metrics, /healthz, /readyz or /status."}"#
+                    .to_vec(),
             ),
         }
+    }
+}
+
+/// `GET /status`: the operator's HTML page (with `notice` after a form post).
+fn status_page(state: &AppState, status: u16, notice: Option<String>) -> Response<Vec<u8>> {
+    let html = status_page::render(&snapshot(state, notice)).into_bytes();
+    let mut r = respond(status, "text/html; charset=utf-8", html);
+    let h = r.headers_mut();
+    h.insert(
+        "content-security-policy",
+        http::HeaderValue::from_static(status_page::CONTENT_SECURITY_POLICY),
+    );
+    h.insert("x-frame-options", http::HeaderValue::from_static("DENY"));
+    r
+}
+
+/// `POST /status/revocations`: the page's form, checked against the admin token like the admin
+/// API; success goes back to the page (303), a refusal shows the page with the reason.
+async fn revoke_from_form(state: &AppState, session: &mut ServerSession) -> Response<Vec<u8>> {
+    if state.config.admin_token.is_empty() {
+        return status_page(state, 404, Some("The admin API is off.".into()));
+    }
+    let Some(body) = crate::admin_api::read_body(session).await else {
+        return status_page(state, 400, Some("The form could not be read.".into()));
+    };
+    let form = status_page::parse_form(&body);
+    let bearer = format!("Bearer {}", form.admin_token);
+    if !crate::admin_api::authorized(&state.config.admin_token, Some(bearer.as_bytes())) {
+        tracing::warn!("status page: revocation refused, wrong admin token");
+        return status_page(state, 401, Some("Wrong admin token.".into()));
+    }
+    let new = match status_page::form_request(&form).and_then(|r| r.into_new(now_unix() as i64)) {
+        Ok(new) => new,
+        Err(problem) => return status_page(state, 400, Some(problem.to_string())),
+    };
+    match state.live.revoke(state, &new).await {
+        Ok(record) => {
+            tracing::info!(
+                id = record.id,
+                kind = record.kind.as_str(),
+                user_id = record.user_id,
+                "revocation stored through the status page"
+            );
+            Response::builder()
+                .status(303)
+                .header("location", "/status")
+                .header("content-length", 0)
+                .body(Vec::new())
+                .unwrap_or_default()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "status page: state store unavailable");
+            status_page(
+                state,
+                503,
+                Some("The state store cannot be reached; try again shortly.".into()),
+            )
+        }
+    }
+}
+
+fn snapshot(state: &AppState, notice: Option<String>) -> StatusSnapshot {
+    let m = &state.metrics;
+    let now = now_unix();
+    let revocations = (!state.config.admin_token.is_empty()).then(|| {
+        let set = state.live.current();
+        let mut lines: Vec<String> = set
+            .records()
+            .iter()
+            .rev()
+            .take(20)
+            .map(|r| {
+                let target = match (r.user_id, &r.jti) {
+                    (Some(id), _) => format!("user {id}"),
+                    (None, Some(j)) => format!("jti {j}"),
+                    _ => "all tokens".into(),
+                };
+                let reason = r.reason.as_deref().unwrap_or("");
+                format!(
+                    "#{} {}: {target}, issued before {} {reason}",
+                    r.id,
+                    r.kind.as_str(),
+                    r.issued_before
+                )
+            })
+            .collect();
+        if set.len() > 20 {
+            lines.push(format!(
+                "… {} more (GET /admin/revocations)",
+                set.len() - 20
+            ));
+        }
+        lines
+    });
+    StatusSnapshot {
+        version: env!("CARGO_PKG_VERSION"),
+        uptime_secs: state.started.elapsed().as_secs(),
+        draining: state.health.is_draining(),
+        database_ok: state.health.database(),
+        upstream_ok: state.health.upstream(),
+        upstream: state.upstream.to_string(),
+        tunnels_open: m.websocket_active.get(),
+        in_flight: m.in_flight.get(),
+        cache_hits: m.user_cache.with_label_values(&["hit"]).get(),
+        cache_misses: m.user_cache.with_label_values(&["miss"]).get(),
+        recent: status_page::WINDOWS
+            .iter()
+            .map(|w| state.recent.last(*w, now))
+            .collect(),
+        revocations,
+        notice,
     }
 }
 

@@ -57,7 +57,7 @@ fn error(status: u16, code: &str, message: &str) -> Response<Vec<u8>> {
 }
 
 /// Reads the whole body, up to [`MAX_BODY_BYTES`]; `None` when it is larger or unreadable.
-async fn read_body(session: &mut ServerSession) -> Option<Vec<u8>> {
+pub(crate) async fn read_body(session: &mut ServerSession) -> Option<Vec<u8>> {
     let mut body = Vec::new();
     loop {
         match session.read_request_body().await {

@@ -41,6 +41,8 @@ pub struct Config {
     pub identity: IdentityConfig,
     pub throttle: ThrottleConfig,
     pub log: LogConfig,
+    pub cors: CorsConfig,
+    pub ws: WsConfig,
     /// Connection caps and the request head deadline (see [`crate::admission`]).
     pub connections: crate::admission::ConnectionsConfig,
     /// WebSocket tunnel limits (see [`crate::tunnel`]).
@@ -88,6 +90,38 @@ pub struct KeyConfig {
     pub secret: String,
     /// A PEM public key file (RS/PS, ES, EdDSA families).
     pub public_key_file: String,
+}
+
+/// Cross-origin requests from browser front ends (see `cors.rs`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CorsConfig {
+    /// Origins (`scheme://host[:port]`) allowed to call the edge; empty: CORS off.
+    pub allowed_origins: Vec<String>,
+    /// `Access-Control-Max-Age` of preflight answers.
+    pub max_age_secs: u64,
+}
+
+impl Default for CorsConfig {
+    fn default() -> Self {
+        CorsConfig {
+            allowed_origins: Vec::new(),
+            max_age_secs: 600,
+        }
+    }
+}
+
+/// WebSocket handshake rules (see `cors.rs` and `ws_refusal.rs`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WsConfig {
+    /// Browser origins allowed to open WebSockets; empty: any.
+    pub allowed_origins: Vec<String>,
+    /// `http` (an HTTP error before the upgrade) or `close` (upgrade, then a close frame).
+    pub reject_with: crate::ws_refusal::RejectWith,
+    /// With `close`: a JSON text frame sent before the close frame; `{error}`, `{message}`,
+    /// `{status}` are filled in. Empty: none.
+    pub reject_frame: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -174,6 +208,8 @@ impl Default for Config {
             identity: IdentityConfig::default(),
             throttle: ThrottleConfig::default(),
             log: LogConfig::default(),
+            cors: CorsConfig::default(),
+            ws: WsConfig::default(),
             connections: Default::default(),
             websocket: Default::default(),
             data_dir: "./data".into(),
@@ -251,7 +287,7 @@ fn err(setting: &str, problem: impl Into<String>) -> ConfigError {
 }
 
 /// The environment variables that override the file, and the setting each one sets.
-pub const ENV_OVERRIDES: [(&str, &str); 9] = [
+pub const ENV_OVERRIDES: [(&str, &str); 10] = [
     ("JWT_SECRET", "jwt.secret"),
     ("DATABASE_URL", "users.database_url"),
     ("AUTH_PROXY_LISTEN", "listen"),
@@ -261,6 +297,7 @@ pub const ENV_OVERRIDES: [(&str, &str); 9] = [
     ("AUTH_PROXY_DATA_DIR", "data_dir"),
     ("AUTH_PROXY_ADMIN_TOKEN", "admin_token"),
     ("AUTH_PROXY_STATE_URL", "live.state_url"),
+    ("AUTH_PROXY_CORS_ALLOWED_ORIGINS", "cors.allowed_origins"),
 ];
 
 impl Config {
@@ -315,6 +352,14 @@ impl Config {
         if let Some(v) = get("AUTH_PROXY_STATE_URL") {
             self.live.state_url = v;
         }
+        if let Some(v) = get("AUTH_PROXY_CORS_ALLOWED_ORIGINS") {
+            self.cors.allowed_origins = v
+                .split(',')
+                .map(str::trim)
+                .filter(|o| !o.is_empty())
+                .map(str::to_string)
+                .collect();
+        }
     }
 
     /// Checks every setting; the first problem found is returned.
@@ -368,6 +413,31 @@ impl Config {
                 "websocket.max_frame_bytes / max_message_bytes",
                 "must be at least 1",
             ));
+        }
+        self.validate_origins()
+    }
+
+    fn validate_origins(&self) -> Result<(), ConfigError> {
+        for (name, list) in [
+            (
+                "cors.allowed_origins (AUTH_PROXY_CORS_ALLOWED_ORIGINS)",
+                &self.cors.allowed_origins,
+            ),
+            ("ws.allowed_origins", &self.ws.allowed_origins),
+        ] {
+            for o in list {
+                crate::cors::check_origin(o).map_err(|p| err(name, p))?;
+            }
+        }
+        if !self.ws.reject_frame.is_empty() {
+            if self.ws.reject_with != crate::ws_refusal::RejectWith::Close {
+                return Err(err(
+                    "ws.reject_frame",
+                    "is only sent with ws.reject_with = \"close\"",
+                ));
+            }
+            crate::ws_refusal::check_template(&self.ws.reject_frame)
+                .map_err(|p| err("ws.reject_frame", p))?;
         }
         Ok(())
     }
@@ -550,6 +620,12 @@ impl Config {
         }
         if self.trust_client_request_id {
             w.push("trust_client_request_id is on: a client's x-request-id is adopted in the logs and sent upstream".into());
+        }
+        if !self.cors.allowed_origins.is_empty() {
+            w.push(format!(
+                "cors.allowed_origins is on: scripts from {} may call the edge and read its answers",
+                self.cors.allowed_origins.join(", ")
+            ));
         }
         w
     }
@@ -760,6 +836,37 @@ mod tests {
             (c.state_url().as_str(), c.admin_token.as_str()),
             ("postgres://h/state", SECRET)
         );
+    }
+
+    #[test]
+    fn origins_and_websocket_refusals() {
+        let mut c = Config::default();
+        c.apply_env(&env_of(minimal()));
+        c.apply_env(&env_of(&[(
+            "AUTH_PROXY_CORS_ALLOWED_ORIGINS",
+            "https://app.example.com, http://localhost:3000",
+        )]));
+        assert_eq!(c.cors.allowed_origins.len(), 2);
+        assert!(c.validate().is_ok());
+        c.ws.allowed_origins = vec!["*".into()];
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("ws.allowed_origins"));
+        let c: Config = toml::from_str(
+            "[ws]\nreject_with = \"close\"\nreject_frame = '{\"type\":\"error\",\"content\":\"{message}\"}'\n",
+        )
+        .unwrap();
+        assert_eq!(c.ws.reject_with, crate::ws_refusal::RejectWith::Close);
+        assert!(c.validate_origins().is_ok());
+        let c: Config = toml::from_str("[ws]\nreject_frame = '{}'\n").unwrap();
+        assert!(c
+            .validate_origins()
+            .unwrap_err()
+            .to_string()
+            .contains("reject_with"));
+        assert!(toml::from_str::<Config>("[ws]\nreject_with = \"tcp\"\n").is_err());
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! The edge's decisions and pingora-proxy's `ProxyHttp` for plain HTTP, in request order.
 //!
-//! 1. `request_filter`: [`Edge::identify_request`] (request id, client IP, route), then
+//! 1. `request_filter`: [`Edge::identify_request`] (request id, client IP, route, CORS origin); a
+//!    CORS preflight from an allowed origin is answered (204) before anything else; then
 //!    [`Edge::decide`]: raw-path check (dot-segments, encoded separators: 400 `bad_request`), drain,
-//!    public routes, token, JWT, revocations, user row (a failure from a throttled IP becomes 429),
-//!    admin check, WebSocket check. Any failure is answered here, as JSON, before any upstream
-//!    contact and before the upgrade.
+//!    public routes, WebSocket origin, token, JWT, revocations, user row (a failure from a throttled
+//!    IP becomes 429), admin check, WebSocket check. Any failure is answered here, as JSON, before
+//!    any upstream contact and before the upgrade.
 //!    The WebSocket endpoint runs the same two functions in [`crate::tunnel`], which owns its
 //!    connections (see [`crate::connection`]).
 //! 2. `upstream_peer`: the agent.
@@ -29,6 +30,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use shared::identity::{BoundRequest, Identity};
 use tracing::{info, warn};
 
+use crate::cors;
 use crate::headers;
 use crate::reject::Reject;
 use crate::revocations::TokenFacts;
@@ -65,6 +67,10 @@ pub struct RequestCtx {
     /// The verified token's user id, `iat`, `exp` and `jti` (for the tunnel registry).
     pub(crate) token: Option<TokenFacts>,
     pub(crate) in_flight: bool,
+    /// The request's `Origin`, when CORS is on and it is an allowed one.
+    pub(crate) cors_origin: Option<String>,
+    /// Already counted for the status page (a tunnel is counted when it opens, not when it ends).
+    pub(crate) counted_recent: bool,
 }
 
 impl RequestCtx {
@@ -81,6 +87,8 @@ impl RequestCtx {
             user: None,
             token: None,
             in_flight: false,
+            cors_origin: None,
+            counted_recent: false,
         }
     }
 }
@@ -110,6 +118,9 @@ impl ProxyHttp for Edge {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
         self.identify_request(session.req_header(), peer, ctx);
+        if ctx.cors_origin.is_some() && is_preflight(session.req_header()) {
+            return self.answer_preflight(session, ctx).await;
+        }
         match self.decide(session.req_header(), ctx).await {
             Ok(()) => Ok(false),
             Err(reject) => self.reject(session, ctx, reject).await,
@@ -144,6 +155,7 @@ impl ProxyHttp for Edge {
     ) -> Result<()> {
         ctx.responded = Some(ctx.started.elapsed());
         resp.insert_header("x-request-id", &ctx.request_id)?;
+        insert_cors(resp, ctx)?;
         Ok(())
     }
 
@@ -293,6 +305,7 @@ impl Edge {
             .metrics
             .record_request(ctx.route, status, to_response.as_secs_f64());
         self.end(ctx);
+        self.count_recent(ctx);
         info!(
             target: "access",
             method = %method,
@@ -325,6 +338,36 @@ impl Edge {
         ctx.client_ip = ctx
             .peer
             .map(|p| headers::client_ip(p, ctx.forwarded_for.as_deref(), &self.state.trusted));
+        ctx.cors_origin = self
+            .state
+            .cors
+            .matching(header_str(req, "origin"))
+            .map(str::to_string);
+    }
+
+    /// Counts the request once for the status page's last minutes.
+    pub(crate) fn count_recent(&self, ctx: &mut RequestCtx) {
+        if !ctx.counted_recent {
+            ctx.counted_recent = true;
+            self.state
+                .recent
+                .record(ctx.route.label(), ctx.outcome, now_unix());
+        }
+    }
+
+    /// 204 with the CORS preflight headers, before any authentication.
+    async fn answer_preflight(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let origin = ctx.cors_origin.clone().unwrap_or_default();
+        let mut h = ResponseHeader::build(204, Some(8))?;
+        for (name, value) in cors::preflight_headers(&origin, self.state.config.cors.max_age_secs) {
+            h.insert_header(name, value)?;
+        }
+        h.insert_header("content-length", "0")?;
+        h.insert_header("x-request-id", &ctx.request_id)?;
+        ctx.outcome = "preflight";
+        ctx.responded = Some(ctx.started.elapsed());
+        session.write_response_header(Box::new(h), true).await?;
+        Ok(true)
     }
 
     /// The edge's decision on a request, before any upstream contact: `Ok` forwards it (public, or
@@ -345,6 +388,17 @@ impl Edge {
         if ctx.route == Route::Public {
             ctx.outcome = "public";
             return Ok(());
+        }
+        if ctx.route == Route::WebSocket
+            && !self
+                .state
+                .ws_origins
+                .permits_handshake(header_str(req, "origin"))
+        {
+            let reject = Reject::OriginNotAllowed;
+            self.record_rejection(ctx, reject);
+            ctx.outcome = reject.code();
+            return Err(reject);
         }
         match self.authenticate(req, ctx).await {
             Ok((user, token)) => {
@@ -445,7 +499,8 @@ impl Edge {
         body: Vec<u8>,
         reject: Option<Reject>,
     ) -> Result<()> {
-        let h = json_response(status, body.len(), &ctx.request_id, reject)?;
+        let mut h = json_response(status, body.len(), &ctx.request_id, reject)?;
+        insert_cors(&mut h, ctx)?;
         session.set_keepalive(None);
         ctx.responded = Some(ctx.started.elapsed());
         session.write_response_header(Box::new(h), false).await?;
@@ -475,6 +530,29 @@ pub(crate) fn json_response(
         h.insert_header("retry-after", "60")?;
     }
     Ok(h)
+}
+
+/// True when a request is a CORS preflight.
+fn is_preflight(req: &RequestHeader) -> bool {
+    cors::is_preflight(
+        req.method.as_str(),
+        header_str(req, "origin"),
+        header_str(req, "access-control-request-method"),
+    )
+}
+
+/// The CORS headers of an answer to an allowed origin (`Vary` is appended to any there is).
+pub(crate) fn insert_cors(h: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
+    if let Some(origin) = &ctx.cors_origin {
+        for (name, value) in cors::response_headers(origin) {
+            if name == "vary" {
+                h.append_header(name, value)?;
+            } else {
+                h.insert_header(name, value)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Deletes every reserved identity header (any spelling), any `Connection` token naming one, and

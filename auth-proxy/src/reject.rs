@@ -19,6 +19,8 @@ pub enum Reject {
     /// The token was revoked (by user, `jti` or globally).
     TokenRevoked,
     Forbidden,
+    /// A WebSocket handshake from a browser origin not in `ws.allowed_origins`.
+    OriginNotAllowed,
     RateLimited,
     AuthUnavailable,
     WebSocketRequired,
@@ -34,7 +36,7 @@ impl Reject {
         match self {
             MissingToken | InvalidToken(_) | TokenExpired | TokenNotYetValid | AmbiguousToken
             | UnknownUser | TokenRevoked => 401,
-            Forbidden => 403,
+            Forbidden | OriginNotAllowed => 403,
             WebSocketRequired => 426,
             RateLimited => 429,
             UpstreamUnavailable => 502,
@@ -54,6 +56,7 @@ impl Reject {
             UnknownUser => "unknown_user",
             TokenRevoked => "token_revoked",
             Forbidden => "forbidden",
+            OriginNotAllowed => "origin_not_allowed",
             RateLimited => "rate_limited",
             AuthUnavailable => "auth_unavailable",
             WebSocketRequired => "websocket_required",
@@ -76,6 +79,7 @@ impl Reject {
             UnknownUser => "The token's user does not exist.",
             TokenRevoked => "The token has been revoked; sign in again.",
             Forbidden => "This path is for administrators only.",
+            OriginNotAllowed => "WebSocket connections from this origin are not allowed.",
             RateLimited => "Too many failed authentication attempts; try again later.",
             AuthUnavailable => "Authentication is temporarily unavailable; try again shortly.",
             WebSocketRequired => "This endpoint only accepts WebSocket upgrades.",

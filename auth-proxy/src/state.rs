@@ -3,14 +3,16 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use shared::identity::Signer;
 
 use crate::config::{Config, ConfigError};
+use crate::cors::Origins;
 use crate::jwt::JwtVerifier;
 use crate::live::Live;
 use crate::metrics::Metrics;
+use crate::recent::Recent;
 use crate::routes::Routes;
 use crate::throttle::Throttle;
 use crate::tunnels::Tunnels;
@@ -30,6 +32,13 @@ pub struct AppState {
     /// Open WebSocket tunnels, closable from outside (see [`crate::tunnels`]).
     pub tunnels: Arc<Tunnels>,
     pub live: Live,
+    /// `cors.allowed_origins`.
+    pub cors: Origins,
+    /// `ws.allowed_origins`.
+    pub ws_origins: Origins,
+    /// Requests of the last minutes, for the status page.
+    pub recent: Recent,
+    pub started: Instant,
 }
 
 impl AppState {
@@ -49,6 +58,10 @@ impl AppState {
             health: Health::default(),
             tunnels: Tunnels::new(),
             live: Live::new(&config),
+            cors: Origins::new(&config.cors.allowed_origins),
+            ws_origins: Origins::new(&config.ws.allowed_origins),
+            recent: Recent::default(),
+            started: Instant::now(),
             metrics,
             config,
         })

@@ -2,7 +2,8 @@
 //!
 //! 1. The request head (read by [`crate::connection`]) is parsed by pingora's HTTP/1 codec.
 //! 2. The same decision as plain HTTP: [`Edge::identify_request`] and [`Edge::decide`]. A refusal
-//!    is answered here as JSON, before any upstream contact and before the upgrade.
+//!    is answered here as JSON, before any upstream contact and before the upgrade; or, with
+//!    `ws.reject_with = "close"`, as an upgrade the edge completes itself and closes at once.
 //! 3. The edge connects the agent, forwards the sanitised handshake with the signed identity
 //!    ([`Edge::prepare_upstream_request`] after [`upgrade_request`]), and reads the agent's answer.
 //!    A non-101 answer is passed to the client and the connection closes.
@@ -15,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::v1::client::http_req_header_to_wire;
 use pingora::protocols::http::ServerSession;
 use shared::error_body::ErrorBody;
@@ -24,11 +25,12 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tracing::{info, warn};
 
-use crate::proxy::{json_response, Edge, RequestCtx, CONNECT_TIMEOUT};
+use crate::proxy::{insert_cors, json_response, Edge, RequestCtx, CONNECT_TIMEOUT};
 use crate::reject::Reject;
 use crate::relay::{relay, RelayConfig, RelayCounters};
 use crate::state::{now_unix, AppState};
 use crate::tunnels::{CloseRequest, TunnelInfo};
+use crate::ws_refusal::{self, RejectWith};
 use crate::wsframe::Limits;
 
 /// How long the agent may take to answer the handshake.
@@ -74,16 +76,7 @@ pub async fn serve(state: &Arc<AppState>, edge: &Edge, mut session: ServerSessio
     // Boxed: the decision's future (cache, database) is large and is not kept for the tunnel's life.
     let decided = Box::pin(edge.decide(session.req_header(), &mut ctx)).await;
     let status = match decided {
-        Err(reject) => {
-            respond(
-                &mut session,
-                &mut ctx,
-                reject.status(),
-                reject.body(),
-                Some(reject),
-            )
-            .await
-        }
+        Err(reject) => refuse(state, &mut session, &mut ctx, reject).await,
         Ok(()) => match Box::pin(open(state, edge, &mut session, &mut ctx)).await {
             Opened::Tunnel {
                 upstream,
@@ -266,6 +259,7 @@ async fn run(
     let m = &state.metrics;
     m.websocket_active.inc();
     let token = ctx.token.take().unwrap_or_default();
+    edge.count_recent(&mut ctx);
     let mut lease = state.tunnels.open(TunnelInfo {
         user_id: ctx.user.as_ref().map_or(0, |u| u.id),
         iat: token.iat.map(|t| t.max(0) as u64),
@@ -490,9 +484,12 @@ async fn respond(
     body: Vec<u8>,
     reject: Option<Reject>,
 ) -> u16 {
-    let Ok(header) = json_response(status, body.len(), &ctx.request_id, reject) else {
+    let Ok(mut header) = json_response(status, body.len(), &ctx.request_id, reject) else {
         return 0;
     };
+    if insert_cors(&mut header, ctx).is_err() {
+        return 0;
+    }
     session.set_keepalive(None);
     ctx.responded = Some(ctx.started.elapsed());
     if session
@@ -503,6 +500,54 @@ async fn respond(
         let _ = session.write_response_body(Bytes::from(body), true).await;
     }
     status
+}
+
+/// A refused handshake: JSON before the upgrade, or with `ws.reject_with = "close"` (and a valid
+/// `Sec-WebSocket-Key`) an upgrade completed here, never upstream, then the optional text frame and
+/// the close frame (see [`crate::ws_refusal`]). Returns the HTTP status the refusal stands for, so
+/// metrics and the access line are those of an HTTP refusal.
+async fn refuse(
+    state: &AppState,
+    session: &mut ServerSession,
+    ctx: &mut RequestCtx,
+    reject: Reject,
+) -> u16 {
+    let ws = &state.config.ws;
+    let key = session
+        .req_header()
+        .headers
+        .get("sec-websocket-key")
+        .map(|v| v.as_bytes());
+    let accept = ws_refusal::accept_key(key).filter(|_| ws.reject_with == RejectWith::Close);
+    let Some(accept) = accept else {
+        return respond(session, ctx, reject.status(), reject.body(), Some(reject)).await;
+    };
+    let Ok(header) = upgrade_answer(&accept, ctx) else {
+        return 0;
+    };
+    let template = Some(ws.reject_frame.as_str()).filter(|t| !t.is_empty());
+    session.set_keepalive(None);
+    ctx.responded = Some(ctx.started.elapsed());
+    if session
+        .write_response_header(Box::new(header))
+        .await
+        .is_ok()
+    {
+        let frames = ws_refusal::frames(reject, template);
+        let _ = session.write_response_body(frames, true).await;
+    }
+    reject.status()
+}
+
+/// The 101 the edge itself answers when it refuses with a close frame.
+fn upgrade_answer(accept: &str, ctx: &RequestCtx) -> pingora::Result<ResponseHeader> {
+    let mut h = ResponseHeader::build(101, Some(6))?;
+    h.insert_header("upgrade", "websocket")?;
+    h.insert_header("connection", "Upgrade")?;
+    h.insert_header("sec-websocket-accept", accept)?;
+    h.insert_header("x-request-id", &ctx.request_id)?;
+    insert_cors(&mut h, ctx)?;
+    Ok(h)
 }
 
 /// Ends the client's connection after an answer.
