@@ -125,12 +125,32 @@ pub struct Stack {
     pub http: reqwest::Client,
     /// Extra agent environment (store, bus, provider settings of a scale-out test).
     pub agent_env: Vec<(String, String)>,
+    /// Extra lines of auth-proxy's TOML config.
+    pub proxy_toml: String,
+}
+
+/// Settings a test adds to the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct StackOptions {
+    /// Extra environment of agent-service.
+    pub agent_env: Vec<(String, String)>,
+    /// Extra lines of auth-proxy's TOML config.
+    pub proxy_toml: String,
 }
 
 impl Stack {
     /// Starts agent-service then auth-proxy and waits until both are ready.
     pub async fn start() -> Stack {
         let mut stack = Stack::new(Vec::new()).await;
+        stack.start_agent().await;
+        stack.start_proxy().await;
+        stack
+    }
+
+    /// [`Stack::start`] with extra settings.
+    pub async fn start_with(options: StackOptions) -> Stack {
+        let mut stack = Stack::new(options.agent_env).await;
+        stack.proxy_toml = options.proxy_toml;
         stack.start_agent().await;
         stack.start_proxy().await;
         stack
@@ -155,6 +175,7 @@ impl Stack {
             admin_port: free_port(),
             http,
             agent_env,
+            proxy_toml: String::new(),
         }
     }
 
@@ -194,7 +215,10 @@ impl Stack {
         let config = self.dir.path().join("auth-proxy.toml");
         std::fs::write(
             &config,
-            format!("shutdown_grace_secs = {PROXY_GRACE_SECS}\n"),
+            format!(
+                "shutdown_grace_secs = {PROXY_GRACE_SECS}\n{}\n",
+                self.proxy_toml
+            ),
         )
         .expect("write config");
         let mut cmd = Command::new(bin_dir().join("auth-proxy"));

@@ -1,0 +1,150 @@
+//! The operator's status page in a real browser: headless Chromium (Debian's `chromium`) driven
+//! through `chromedriver` (Debian's `chromium-driver`) with fantoccini. The page is loaded once; after
+//! traffic through the edge, its own reload must show the new numbers. A screenshot is saved under
+//! `target/ci-artifacts/status-page.png` and its path printed.
+//!
+//! Without chromium and chromedriver on PATH the test is skipped with a message, unless
+//! `REQUIRE_BROWSER=1` (CI sets it; `scripts/prereqs.sh` installs both).
+
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{ClientBuilder, Locator};
+use serde_json::json;
+use stack_tests::{bin_dir, ws, Stack};
+use test_support::{free_port, now_unix, token_with_claims, TEST_JWT_SECRET};
+
+/// How long the page may take to show new numbers (it reloads itself every 2 s).
+const PAGE_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| PathBuf::from(d).join(name))
+        .find(|p| p.is_file())
+}
+
+/// chromedriver as a child process, killed on drop.
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_driver(chromedriver: &PathBuf, port: u16) -> Driver {
+    let child = Command::new(chromedriver)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start chromedriver");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "chromedriver did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Driver(child)
+}
+
+/// The integer in the element with `id`, read from the page as the browser shows it now.
+async fn number(client: &fantoccini::Client, id: &str) -> Option<i64> {
+    let el = client.find(Locator::Id(id)).await.ok()?;
+    el.text().await.ok()?.trim().parse().ok()
+}
+
+/// Waits until the page (reloading itself) shows `want(value)` for `id`.
+async fn wait_for(client: &fantoccini::Client, id: &str, want: impl Fn(i64) -> bool) -> i64 {
+    let deadline = Instant::now() + PAGE_TIMEOUT;
+    loop {
+        if let Some(n) = number(client, id).await {
+            if want(n) {
+                return n;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "#{id} did not change as expected within {PAGE_TIMEOUT:?} (last: {:?})",
+            number(client, id).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_status_page_in_headless_chromium_shows_traffic() {
+    let (Some(chromium), Some(chromedriver)) = (on_path("chromium"), on_path("chromedriver"))
+    else {
+        assert!(
+            std::env::var("REQUIRE_BROWSER").as_deref() != Ok("1"),
+            "REQUIRE_BROWSER=1 but chromium or chromedriver is not on PATH (scripts/prereqs.sh installs them)"
+        );
+        eprintln!("SKIPPED: chromium and chromedriver are not on PATH (apt-get install chromium chromium-driver)");
+        return;
+    };
+    let stack = Stack::start().await;
+    let port = free_port();
+    let _driver = start_driver(&chromedriver, port);
+    let caps = json!({
+        "goog:chromeOptions": {
+            "binary": chromium,
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1100,1000"]
+        }
+    });
+    let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps.as_object().unwrap().clone())
+        .connect(&format!("http://127.0.0.1:{port}"))
+        .await
+        .expect("a WebDriver session with headless Chromium");
+
+    let page = format!("http://127.0.0.1:{}/status", stack.admin_port);
+    client.goto(&page).await.expect("load /status");
+    assert_eq!(client.title().await.unwrap(), "auth-proxy status");
+    assert_eq!(number(&client, "handshakes-15m").await, Some(0));
+    assert_eq!(number(&client, "tunnels-open").await, Some(0));
+    assert_eq!(number(&client, "refusals-15m").await, Some(0));
+    let upstream = client.find(Locator::Id("upstream")).await.unwrap();
+    assert_eq!(upstream.text().await.unwrap(), "up");
+
+    // Traffic through the edge: one tunnel kept open, one refused handshake.
+    let url = stack.edge_ws(&format!(
+        "/ws/{}?token={}",
+        uuid::Uuid::new_v4(),
+        stack.token(1)
+    ));
+    let mut socket = ws::connect(&url, &[]).await.expect("handshake");
+    ws::next(&mut socket).await.expect("welcome");
+    let now = now_unix() as i64;
+    let expired = token_with_claims(
+        TEST_JWT_SECRET,
+        json!({"id": 1, "iat": now - 7200, "exp": now - 3600}),
+    );
+    let refused = stack.edge_ws(&format!("/ws/{}?token={expired}", uuid::Uuid::new_v4()));
+    let (status, _) = ws::connect(&refused, &[]).await.expect_err("expired");
+    assert_eq!(status, 401);
+
+    // No navigation from here on: the page's own reload must bring the numbers.
+    assert_eq!(wait_for(&client, "handshakes-15m", |n| n >= 1).await, 1);
+    assert_eq!(wait_for(&client, "tunnels-open", |n| n >= 1).await, 1);
+    assert_eq!(wait_for(&client, "refusals-15m", |n| n >= 1).await, 1);
+    assert_eq!(number(&client, "ws-token_expired-15m").await, Some(1));
+    let ratio = client.find(Locator::Id("cache-hit-ratio")).await.unwrap();
+    assert!(ratio.text().await.unwrap().ends_with('%'));
+
+    let png = client.screenshot().await.expect("screenshot");
+    assert!(png.starts_with(b"\x89PNG"), "a PNG");
+    let dir = bin_dir().parent().expect("target dir").join("ci-artifacts");
+    std::fs::create_dir_all(&dir).expect("artifact dir");
+    let path = dir.join("status-page.png");
+    std::fs::write(&path, &png).expect("write screenshot");
+    println!("status page screenshot: {}", path.display());
+    eprintln!("status page screenshot: {}", path.display());
+
+    drop(socket);
+    client.close().await.expect("end the browser session");
+}
