@@ -1,7 +1,8 @@
 //! The operator's status page in a real browser: headless Chromium (Debian's `chromium`) driven
 //! through `chromedriver` (Debian's `chromium-driver`) with fantoccini. The page is loaded once; after
-//! traffic through the edge, its own reload must show the new numbers. A screenshot is saved under
-//! `target/ci-artifacts/status-page.png` and its path printed.
+//! traffic through the edge, its own reload must show the new numbers. Then its form revokes a
+//! user (a wrong admin token is refused first) and that user's next handshake is refused. A
+//! screenshot is saved under `target/ci-artifacts/status-page.png` and its path printed.
 //!
 //! Without chromium and chromedriver on PATH the test is skipped with a message, unless
 //! `REQUIRE_BROWSER=1` (CI sets it; `scripts/prereqs.sh` installs both).
@@ -13,11 +14,12 @@ use std::time::{Duration, Instant};
 
 use fantoccini::{ClientBuilder, Locator};
 use serde_json::json;
-use stack_tests::{bin_dir, ws, Stack};
+use stack_tests::{bin_dir, ws, Stack, StackOptions};
 use test_support::{free_port, now_unix, token_with_claims, TEST_JWT_SECRET};
 
 /// How long the page may take to show new numbers (it reloads itself every 2 s).
 const PAGE_TIMEOUT: Duration = Duration::from_secs(20);
+const ADMIN_TOKEN: &str = "status-page-admin-token-0123456789abcdef";
 
 fn on_path(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?
@@ -76,6 +78,42 @@ async fn wait_for(client: &fantoccini::Client, id: &str, want: impl Fn(i64) -> b
     }
 }
 
+/// The text of the element with `id`, or "" when the page (mid-reload) has none.
+async fn text_of(client: &fantoccini::Client, id: &str) -> String {
+    match client.find(Locator::Id(id)).await {
+        Ok(el) => el.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+async fn wait_for_text(client: &fantoccini::Client, id: &str, needle: &str) {
+    let deadline = Instant::now() + PAGE_TIMEOUT;
+    while !text_of(client, id).await.contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "#{id} never showed {needle:?} (last: {:?})",
+            text_of(client, id).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Fills and submits the form in one script, so the page's own reload cannot come in between.
+async fn submit_revocation(client: &fantoccini::Client, admin_token: &str) {
+    let script = r#"
+        const f = document.getElementById('revoke');
+        f.elements['kind'].value = 'user';
+        f.elements['value'].value = '2';
+        f.elements['reason'].value = 'left the team';
+        f.elements['admin_token'].value = arguments[0];
+        f.submit();
+    "#;
+    client
+        .execute(script, vec![json!(admin_token)])
+        .await
+        .expect("submit the revocation form");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_status_page_in_headless_chromium_shows_traffic() {
     let (Some(chromium), Some(chromedriver)) = (on_path("chromium"), on_path("chromedriver"))
@@ -87,7 +125,11 @@ async fn the_status_page_in_headless_chromium_shows_traffic() {
         eprintln!("SKIPPED: chromium and chromedriver are not on PATH (apt-get install chromium chromium-driver)");
         return;
     };
-    let stack = Stack::start().await;
+    let stack = Stack::start_with(StackOptions {
+        proxy_toml: format!("admin_token = \"{ADMIN_TOKEN}\"\n"),
+        ..StackOptions::default()
+    })
+    .await;
     let port = free_port();
     let _driver = start_driver(&chromedriver, port);
     let caps = json!({
@@ -135,6 +177,24 @@ async fn the_status_page_in_headless_chromium_shows_traffic() {
     assert_eq!(number(&client, "ws-token_expired-15m").await, Some(1));
     let ratio = client.find(Locator::Id("cache-hit-ratio")).await.unwrap();
     assert!(ratio.text().await.unwrap().ends_with('%'));
+
+    // The revocation form: a wrong admin token is refused, the right one revokes user 2.
+    assert_eq!(text_of(&client, "revocations").await, "none");
+    submit_revocation(&client, "wrong-token").await;
+    wait_for_text(&client, "notice", "Wrong admin token.").await;
+    submit_revocation(&client, ADMIN_TOKEN).await;
+    wait_for_text(&client, "revocations", "user: user 2").await;
+    assert!(text_of(&client, "revocations")
+        .await
+        .contains("left the team"));
+    let revoked = stack.edge_ws(&format!(
+        "/ws/{}?token={}",
+        uuid::Uuid::new_v4(),
+        stack.token(2)
+    ));
+    let (status, body) = ws::connect(&revoked, &[]).await.expect_err("revoked");
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("token_revoked"), "{body}");
 
     let png = client.screenshot().await.expect("screenshot");
     assert!(png.starts_with(b"\x89PNG"), "a PNG");
