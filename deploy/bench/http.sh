@@ -137,3 +137,20 @@ for t in targets:
         sum(r["non_2xx"] for r in rs)))
 PY
 cat "$OUT/table.md"
+
+# ---------------------------------------------------------------- RSS per idle tunnel (IDLE_N tunnels)
+# A second auth-proxy and HAProxy in front of deploy/bench/idle_tunnels.py's minimal upstream
+# (answers 101, holds); the same script opens IDLE_N tunnels through each and reads VmRSS.
+IDLE_N=${IDLE_N:-4000}
+IDLE_UP=19101 IDLE_PROXY=18094 IDLE_ADMIN=19094 IDLE_HAPROXY=18095
+sed -e "s/$PROXY_PORT/$IDLE_PROXY/" -e "s/$ADMIN_PORT/$IDLE_ADMIN/" -e "s/$NGINX_PORT/$IDLE_UP/" "$OUT/auth-proxy.toml" >"$OUT/idle-auth-proxy.toml"
+RUST_LOG=warn $PIN_PROXY "$PROXY_BIN" --config "$OUT/idle-auth-proxy.toml" 2>"$OUT/idle-auth-proxy.log" & IDLE_PID=$!; PIDS+=($IDLE_PID)
+sed -e "s/@SECRET@/$SECRET/" -e "s/@PORT@/$IDLE_HAPROXY/" -e "s/@ECHO@/$IDLE_UP/" "$BENCH/haproxy.cfg" >"$OUT/idle-haproxy.cfg"
+$PIN_PROXY haproxy -db -f "$OUT/idle-haproxy.cfg" 2>"$OUT/idle-haproxy.log" & IDLE_HA_PID=$!; PIDS+=($IDLE_HA_PID)
+sleep 1
+for t in "auth-proxy $IDLE_PROXY $IDLE_PID" "haproxy-jwt_verify $IDLE_HAPROXY $IDLE_HA_PID"; do
+  read -r name port pid <<<"$t"
+  echo "==> $name: $IDLE_N idle tunnels"
+  $PIN_LOAD python3 "$BENCH/idle_tunnels.py" --listen-upstream "$IDLE_UP" --proxy "$port" --token "$TOKEN" --pid "$pid" -n "$IDLE_N" \
+    | sed "s/^{/{\"target\": \"$name\", /" | tee -a "$OUT/idle.jsonl"
+done
