@@ -70,6 +70,9 @@ cache_ttl_secs = 3600
 
 [identity]
 secret = "$IDENTITY"
+
+[connections]
+max_per_ip = 100000
 TOML
 RUST_LOG=warn $PIN_PROXY "$PROXY_BIN" --config "$OUT/auth-proxy.toml" 2>"$OUT/auth-proxy.log" & PROXY_PID=$!; PIDS+=($PROXY_PID)
 
