@@ -192,6 +192,10 @@ cache_ttl_secs = $3
 
 [identity]
 secret = "$IDENTITY"
+
+# One loadgen client holds up to $IDLE tunnels from one address.
+[connections]
+max_per_ip = 100000
 EOF
   RUST_LOG=warn $PIN_PROXY "$PROXY_BIN" --config "$OUT/$1.toml" 2>"$OUT/$1.log" &
   local pid=$!
