@@ -63,7 +63,7 @@ pids+=($!)
 wait_for "http://127.0.0.1:$AGENT_PORT/health" agent-service
 
 AUTH_PROXY_LISTEN="0.0.0.0:$PROXY_PORT" AUTH_PROXY_ADMIN_LISTEN="127.0.0.1:$ADMIN_PORT" \
-  AUTH_PROXY_UPSTREAM="127.0.0.1:$AGENT_PORT" RUST_LOG=${RUST_LOG:-info} \
+  AUTH_PROXY_DATA_DIR="$DEMO_DIR/edge" AUTH_PROXY_UPSTREAM="127.0.0.1:$AGENT_PORT" RUST_LOG=${RUST_LOG:-info} \
   "$BIN/auth-proxy" >"$DEMO_DIR/auth-proxy.log" 2>&1 &
 pids+=($!)
 wait_for "http://127.0.0.1:$ADMIN_PORT/readyz" auth-proxy
@@ -73,7 +73,7 @@ CLIENT_ID=$(cat /proc/sys/kernel/random/uuid 2>/dev/null || echo demo-client)
 cat <<MSG
 
   The stack is up.
-    edge (auth-proxy)     http://127.0.0.1:$PROXY_PORT   (metrics, /healthz, /readyz on 127.0.0.1:$ADMIN_PORT)
+    edge (auth-proxy)     http://127.0.0.1:$PROXY_PORT   (metrics, /healthz, /readyz, /status on 127.0.0.1:$ADMIN_PORT)
     agent-service         http://127.0.0.1:$AGENT_PORT   (only the proxy should talk to it)
     demo database         $DB (users 1 'ada', admin, and 2 'grace')
     logs                  $DEMO_DIR/auth-proxy.log, $DEMO_DIR/agent-service.log
