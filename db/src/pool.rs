@@ -119,8 +119,12 @@ pub enum Pool {
 /// Runs `$body` with `$pool` bound to the typed pool (`&sqlx::SqlitePool` or `&sqlx::PgPool`);
 /// the body is compiled once per engine, so it may use typed sqlx calls (`query_as`, `begin`).
 ///
-/// ```ignore
-/// let n: i64 = db::with_pool!(&pool, p => sqlx::query_scalar("SELECT $1").bind(7_i64).fetch_one(p).await)?;
+/// ```no_run
+/// # async fn demo(pool: &db::Pool) -> Result<(), sqlx::Error> {
+/// let n: i64 = db::with_pool!(pool, p => sqlx::query_scalar("SELECT $1").bind(7_i64).fetch_one(p).await)?;
+/// # assert_eq!(n, 7);
+/// # Ok(())
+/// # }
 /// ```
 #[macro_export]
 macro_rules! with_pool {
