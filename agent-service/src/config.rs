@@ -317,6 +317,18 @@ mod tests {
 
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
+    /// A minimal valid environment plus `extra`.
+    fn base(extra: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |k: &str| match k {
+            "IDENTITY_SECRET" => Some(SECRET.to_string()),
+            "DATABASE_URL" => Some("sqlite://x.db".to_string()),
+            _ => extra
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string()),
+        }
+    }
+
     #[test]
     fn defaults_and_compatibility_names() {
         let env = |k: &str| match k {
@@ -350,16 +362,6 @@ mod tests {
 
     #[test]
     fn scale_out_settings() {
-        let base = |extra: &'static [(&'static str, &'static str)]| {
-            move |k: &str| match k {
-                "IDENTITY_SECRET" => Some(SECRET.to_string()),
-                "DATABASE_URL" => Some("sqlite://x.db".to_string()),
-                _ => extra
-                    .iter()
-                    .find(|(n, _)| *n == k)
-                    .map(|(_, v)| v.to_string()),
-            }
-        };
         let c = Config::load(&base(&[])).unwrap().scale;
         assert_eq!(c.bus_url, None);
         assert_eq!(c.drain_grace, Duration::from_secs(20));
@@ -391,16 +393,6 @@ mod tests {
 
     #[test]
     fn provider_policy_and_log_format() {
-        let base = |extra: &'static [(&'static str, &'static str)]| {
-            move |k: &str| match k {
-                "IDENTITY_SECRET" => Some(SECRET.to_string()),
-                "DATABASE_URL" => Some("sqlite://x.db".to_string()),
-                _ => extra
-                    .iter()
-                    .find(|(n, _)| *n == k)
-                    .map(|(_, v)| v.to_string()),
-            }
-        };
         let c = Config::load(&base(&[])).unwrap();
         assert!(c.llm_policy.permits("offline", None));
         assert!(!c.llm_policy.permits("ollama", None));
