@@ -63,6 +63,7 @@ impl ServeHttp for AdminApp {
                 let ready = health.is_ready();
                 let body = json!({
                     "ready": ready,
+                    "listening": health.listening(),
                     "database": health.database(),
                     "upstream": health.upstream(),
                     "state_store": health.state_store(),
@@ -210,6 +211,9 @@ impl ReadinessProbe {
 
     async fn probe_once(&self) {
         let s = &self.state;
+        if !s.health.listening() && accepts(&s.config.listen).await {
+            s.health.set_listening();
+        }
         s.health.set_database(s.users.db().ping().await.is_ok());
         let upstream = tokio::time::timeout(
             Duration::from_secs(1),
@@ -218,6 +222,32 @@ impl ReadinessProbe {
         .await;
         s.health.set_upstream(matches!(upstream, Ok(Ok(_))));
     }
+}
+
+/// True when a TCP connection to the edge's own listen address succeeds (a wildcard address is
+/// reached on loopback). Checked until it first succeeds: a bound listener stays bound.
+async fn accepts(listen: &str) -> bool {
+    let Ok(mut addr) = listen.parse::<std::net::SocketAddr>() else {
+        // A host name: connect to it as given.
+        return matches!(
+            tokio::time::timeout(
+                Duration::from_secs(1),
+                tokio::net::TcpStream::connect(listen)
+            )
+            .await,
+            Ok(Ok(_))
+        );
+    };
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr)).await,
+        Ok(Ok(_))
+    )
 }
 
 #[async_trait]

@@ -79,6 +79,7 @@ pub struct Health {
     database_ok: AtomicBool,
     upstream_ok: AtomicBool,
     state_store_ok: AtomicBool,
+    listening: AtomicBool,
 }
 
 impl Health {
@@ -107,8 +108,20 @@ impl Health {
     pub fn state_store(&self) -> bool {
         self.state_store_ok.load(Ordering::Relaxed)
     }
+    /// The edge listener has accepted a connection (it is bound and served; pingora binds each
+    /// service's listeners on that service's own threads, so the admin listener can answer first).
+    pub fn set_listening(&self) {
+        self.listening.store(true, Ordering::Relaxed);
+    }
+    pub fn listening(&self) -> bool {
+        self.listening.load(Ordering::Relaxed)
+    }
     pub fn is_ready(&self) -> bool {
-        !self.is_draining() && self.database() && self.upstream() && self.state_store()
+        !self.is_draining()
+            && self.listening()
+            && self.database()
+            && self.upstream()
+            && self.state_store()
     }
 }
 

@@ -213,7 +213,28 @@ impl Proxy {
             "/healthz"
         };
         proxy.wait_admin(path).await;
+        if !opts.wait_ready {
+            // Not ready on purpose (a dead database or upstream): wait for the edge listener
+            // itself, which pingora binds on its own threads, after the admin listener may answer.
+            proxy.wait_listening().await;
+        }
         proxy
+    }
+
+    async fn wait_listening(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the edge listener on {} never accepted:\n{}",
+                self.port,
+                self.output()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     async fn wait_admin(&mut self, path: &str) {
