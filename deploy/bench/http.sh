@@ -90,23 +90,33 @@ RESULTS=$OUT/results.jsonl
 run() { # $1 = name, $2 = port, $3 = pid or empty, $4 = round
   local before=0 after=0 out
   [ -n "$3" ] && before=$(cpu_ticks "$3")
-  out=$($PIN_LOAD wrk -t1 -c"$CONNECTIONS" -d"${HTTP_DURATION}s" --latency "http://127.0.0.1:$2/api/bench?token=$TOKEN")
+  out=$($PIN_LOAD wrk -t1 -c"$CONNECTIONS" -d"${HTTP_DURATION}s" --latency "http://127.0.0.1:$2/api/bench?token=$TOKEN" || true)
   [ -n "$3" ] && after=$(cpu_ticks "$3")
   echo "$out" | python3 -c '
 import json, re, sys
 text = sys.stdin.read()
 name, rnd, ticks, hz, dur = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
-rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
 def us(v):
-    n, u = re.match(r"([\d.]+)(us|ms|s)", v).groups()
-    return float(n) * {"us": 1, "ms": 1e3, "s": 1e6}[u]
-p99 = us(re.search(r"99%\s+(\S+)", text).group(1))
-p50 = us(re.search(r"50%\s+(\S+)", text).group(1))
+    # wrk prints latencies as 512.00us, 1.24ms, 1.02s or 1.50m.
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", v)
+    if not m:
+        return float("nan")
+    return float(m.group(1)) * {"us": 1, "ms": 1e3, "s": 1e6, "m": 6e7}[m.group(2)]
+def field(pattern, convert):
+    m = re.search(pattern, text, re.M)
+    return convert(m.group(1)) if m else float("nan")
+rps = field(r"^Requests/sec:\s+([\d.]+)", float)
+# The latency distribution lines ("     99%    2.31ms"), not the stdev column of the thread stats.
+p99 = field(r"^\s+99%\s+(\S+)\s*$", us)
+p50 = field(r"^\s+50%\s+(\S+)\s*$", us)
+if rps != rps:
+    sys.stderr.write("wrk output not understood for %s round %d:\n%s\n" % (name, rnd, text))
+    rps = 0.0
 non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
 errors = re.search(r"Socket errors:.*", text)
 r = {"target": name, "round": rnd, "rps": rps, "p50_us": p50, "p99_us": p99,
      "non_2xx": int(non2xx.group(1)) if non2xx else 0, "socket_errors": errors.group(0) if errors else ""}
-if ticks >= 0 and sys.argv[6] == "1":
+if ticks >= 0 and sys.argv[6] == "1" and rps > 0:
     r["cpu_us_per_req"] = ticks * 1e6 / hz / (rps * dur)
 print(json.dumps(r))' "$1" "$4" "$((after - before))" "$(getconf CLK_TCK)" "$HTTP_DURATION" "$([ -n "$3" ] && echo 1 || echo 0)" | tee -a "$RESULTS"
 }
@@ -124,11 +134,16 @@ rows = [json.loads(l) for l in open(sys.argv[1])]
 targets = ["nginx-direct", "bare-pingora", "auth-proxy", "haproxy-jwt_verify"]
 by = {t: [r for r in rows if r["target"] == t] for t in targets}
 rounds = sorted({r["round"] for r in rows})
-ha = {r["round"]: r["rps"] for r in by["haproxy-jwt_verify"]}
+ha = {r["round"]: r["rps"] for r in by["haproxy-jwt_verify"] if r["rps"] > 0}
+# A round counts only where both the target and HAProxy gave a figure.
+by = {t: [r for r in rs if r["rps"] > 0 and r["round"] in ha] for t, rs in by.items()}
 print("| target | req/s (median) | p50 | p99 | proxy CPU per request | ratio to HAProxy (median of rounds) | non-2xx |")
 print("|---|---:|---:|---:|---:|---:|---:|")
 for t in targets:
     rs = by[t]
+    if not rs:
+        print("| %s | no figure (see the log above) | | | | | |" % t)
+        continue
     med = statistics.median(r["rps"] for r in rs)
     p50 = statistics.median(r["p50_us"] for r in rs)
     p99 = statistics.median(r["p99_us"] for r in rs)
