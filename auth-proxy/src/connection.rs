@@ -6,8 +6,11 @@
 //! a slow or silent client gets 408 or is closed). The head decides who serves the request:
 //! - the WebSocket endpoint: [`crate::tunnel`], which authenticates, connects the agent and relays
 //!   the raw sockets itself;
+//! - a plain request without a body ([`crate::forward::eligible`]): [`crate::forward`], the lean
+//!   path on pingora-core's HTTP/1 sessions and upstream pool;
 //! - everything else: pingora-proxy's `HttpProxy` with [`crate::proxy::Edge`], handed a session
-//!   that starts with the head already read (pingora's pipelined-prefix), keep-alive included.
+//!   that starts with the head already read (pingora's pipelined-prefix).
+//! Both keep the connection alive for the next request.
 //!
 //! pingora keeps the listeners, the accept loop, graceful shutdown and the HTTP/1 codecs.
 
@@ -28,6 +31,7 @@ use tokio::time::{timeout, Instant};
 use tracing::debug;
 
 use crate::admission::{Admission, Refusal};
+use crate::forward::Forwarder;
 use crate::proxy::Edge;
 use crate::routes::Route;
 use crate::state::AppState;
@@ -46,6 +50,7 @@ pub struct EdgeApp {
     state: Arc<AppState>,
     edge: Edge,
     proxy: Arc<HttpProxy<Edge>>,
+    forwarder: Forwarder,
     admission: Arc<Admission>,
 }
 
@@ -61,6 +66,7 @@ impl EdgeApp {
         EdgeApp {
             edge: Edge::new(state.clone()),
             proxy: Arc::new(proxy),
+            forwarder: Forwarder::new(&state),
             admission,
             state,
         }
@@ -70,8 +76,13 @@ impl EdgeApp {
 /// What reading a request head gave.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Head {
-    /// A whole head (and perhaps bytes after it) for the given route.
-    Complete { bytes: BytesMut, route: Route },
+    /// A whole head (and perhaps bytes after it) for the given route; `lean` when the lean
+    /// path may serve it.
+    Complete {
+        bytes: BytesMut,
+        route: Route,
+        lean: bool,
+    },
     /// Bytes httparse refuses: pingora's parser (more lenient on request lines) gets them.
     Unparsed(BytesMut),
     /// The connection closed (or the service is shutting down) before a request started.
@@ -85,8 +96,8 @@ pub enum Head {
 /// What the bytes read so far hold.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Parsed {
-    /// A whole head for this route.
-    Complete(Route),
+    /// A whole head for this route; `lean` when [`crate::forward::eligible`].
+    Complete { route: Route, lean: bool },
     /// A whole head httparse refuses.
     Unparsed,
 }
@@ -99,7 +110,9 @@ pub fn parse_head(bytes: &[u8], routes: &crate::routes::Routes) -> Option<Parsed
         Ok(httparse::Status::Complete(_)) => {
             let target = req.path.unwrap_or("/");
             let path = target.split_once('?').map_or(target, |(p, _)| p);
-            Some(Parsed::Complete(routes.classify(path)))
+            let route = routes.classify(path);
+            let lean = route != Route::WebSocket && crate::forward::eligible(&req);
+            Some(Parsed::Complete { route, lean })
         }
         Ok(httparse::Status::Partial) => None,
         Err(_) => head_ended(bytes).then_some(Parsed::Unparsed),
@@ -141,7 +154,7 @@ async fn read_head(
     let deadline = if fresh { accepted } else { Instant::now() } + header_timeout;
     loop {
         match parse_head(&bytes, routes) {
-            Some(Parsed::Complete(route)) => return Head::Complete { bytes, route },
+            Some(Parsed::Complete { route, lean }) => return Head::Complete { bytes, route, lean },
             Some(Parsed::Unparsed) => return Head::Unparsed(bytes),
             None => {}
         }
@@ -157,6 +170,13 @@ async fn read_head(
             Ok(Ok(_)) => {}
         }
     }
+}
+
+/// Who serves a request.
+enum Path {
+    Tunnel,
+    Lean,
+    Proxy,
 }
 
 /// A JSON answer written straight to the socket, then the connection closes.
@@ -229,14 +249,14 @@ impl ServerApp for EdgeApp {
                         "The proxy is at its connection limit; retry shortly.",
                     ),
                 };
-                answer_and_close(
+                Box::pin(answer_and_close(
                     &mut stream,
                     status,
                     reason,
                     "too_many_connections",
                     message,
                     true,
-                )
+                ))
                 .await;
                 return None;
             }
@@ -245,43 +265,50 @@ impl ServerApp for EdgeApp {
         let mut settings: Option<HttpPersistentSettings> = None;
         let mut fresh = true;
         loop {
-            let (bytes, tunnel) = match read_head(
+            // Boxed, like every other step below: the connection's own future stays small for
+            // the life of a tunnel.
+            let (bytes, path) = match Box::pin(read_head(
                 &mut stream,
                 fresh,
                 header_timeout,
                 shutdown,
                 &self.state.routes,
-            )
+            ))
             .await
             {
-                Head::Complete { bytes, route } => (bytes, route == Route::WebSocket),
-                Head::Unparsed(bytes) => (bytes, false),
+                Head::Complete { bytes, route, .. } if route == Route::WebSocket => {
+                    (bytes, Path::Tunnel)
+                }
+                Head::Complete {
+                    bytes, lean: true, ..
+                } => (bytes, Path::Lean),
+                Head::Complete { bytes, .. } | Head::Unparsed(bytes) => (bytes, Path::Proxy),
                 Head::Closed => return None,
                 Head::TimedOut { started } => {
                     m.header_timeouts.inc();
                     if started {
-                        answer_and_close(
+                        Box::pin(answer_and_close(
                             &mut stream,
                             408,
                             "Request Timeout",
                             "request_timeout",
                             "The request head was not received in time.",
                             false,
-                        )
+                        ))
                         .await;
                     }
                     debug!(started, "request head timed out");
                     return None;
                 }
                 Head::TooLarge => {
-                    answer_and_close(
+                    Box::pin(answer_and_close(
                         &mut stream,
                         431,
                         "Request Header Fields Too Large",
                         "bad_request",
                         "The request head is too large.",
                         false,
-                    )
+                    ))
                     .await;
                     return None;
                 }
@@ -292,11 +319,18 @@ impl ServerApp for EdgeApp {
                 None => session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) }),
             }
             session.set_pipelined_prefix(bytes);
-            if tunnel {
-                Box::pin(crate::tunnel::serve(&self.state, &self.edge, session)).await;
-                return None;
-            }
-            let reused = self.proxy.process_new_http(session, shutdown).await?;
+            // Each path's future is boxed: an open tunnel must not carry the size of the HTTP
+            // paths' futures (nor they each other's) for its whole life.
+            let reused = match path {
+                Path::Tunnel => {
+                    Box::pin(crate::tunnel::serve(&self.state, &self.edge, session)).await;
+                    return None;
+                }
+                Path::Lean => {
+                    Box::pin(self.forwarder.serve(&self.state, &self.edge, session)).await?
+                }
+                Path::Proxy => Box::pin(self.proxy.process_new_http(session, shutdown)).await?,
+            };
             let (next, next_settings) = reused.consume();
             stream = next;
             settings = next_settings;
@@ -327,11 +361,28 @@ mod tests {
         let ws = BytesMut::from(&b"GET /ws/a?token=x HTTP/1.1\r\nHost: a\r\n\r\n"[..]);
         assert_eq!(
             parse_head(&ws, &r),
-            Some(Parsed::Complete(Route::WebSocket))
+            Some(Parsed::Complete {
+                route: Route::WebSocket,
+                lean: false
+            })
         );
         let api =
             BytesMut::from(&b"POST /api/x HTTP/1.1\r\nHost: a\r\ncontent-length: 3\r\n\r\nabc"[..]);
-        assert_eq!(parse_head(&api, &r), Some(Parsed::Complete(Route::Api)));
+        assert_eq!(
+            parse_head(&api, &r),
+            Some(Parsed::Complete {
+                route: Route::Api,
+                lean: false
+            })
+        );
+        let get = BytesMut::from(&b"GET /api/x?token=t HTTP/1.1\r\nHost: a\r\n\r\n"[..]);
+        assert_eq!(
+            parse_head(&get, &r),
+            Some(Parsed::Complete {
+                route: Route::Api,
+                lean: true
+            })
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod admission;
 pub mod config;
 pub mod connection;
 pub mod cors;
+pub mod forward;
 pub mod headers;
 pub mod jwks;
 pub mod jwt;

@@ -532,6 +532,33 @@ pub(crate) fn json_response(
     Ok(h)
 }
 
+/// A JSON answer from the edge on a session the edge owns (the WebSocket endpoint, the lean
+/// path); the connection closes after it. Returns its status (0 when nothing could be written).
+pub(crate) async fn respond_json(
+    session: &mut pingora::protocols::http::ServerSession,
+    ctx: &mut RequestCtx,
+    status: u16,
+    body: Vec<u8>,
+    reject: Option<Reject>,
+) -> u16 {
+    let Ok(mut header) = json_response(status, body.len(), &ctx.request_id, reject) else {
+        return 0;
+    };
+    if insert_cors(&mut header, ctx).is_err() {
+        return 0;
+    }
+    session.set_keepalive(None);
+    ctx.responded = Some(ctx.started.elapsed());
+    if session
+        .write_response_header(Box::new(header))
+        .await
+        .is_ok()
+    {
+        let _ = session.write_response_body(Bytes::from(body), true).await;
+    }
+    status
+}
+
 /// True when a request is a CORS preflight.
 fn is_preflight(req: &RequestHeader) -> bool {
     cors::is_preflight(

@@ -227,7 +227,7 @@ enum Stop {
 pub async fn relay<C, U>(
     mut client: C,
     mut upstream: U,
-    to_client_first: &[u8],
+    to_client_first: Vec<u8>,
     lease: &mut TunnelLease,
     config: RelayConfig,
     counters: RelayCounters<'_>,
@@ -239,14 +239,14 @@ where
     let mut up = Half::default(); // client -> agent
     let mut down = Half::default(); // agent -> client
     if !to_client_first.is_empty() {
-        match down.frames.advance(to_client_first, &Limits::NONE) {
+        match down.frames.advance(&to_client_first, &Limits::NONE) {
             Advance::Forward => {}
             Advance::Cut { violation, .. } => down.cut = Some(violation),
         }
         down.bytes += to_client_first.len() as u64;
         counters.to_client.inc_by(to_client_first.len() as u64);
         down.spill = Some(Box::new(Spill {
-            buf: to_client_first.to_vec(),
+            buf: to_client_first,
             at: 0,
         }));
         down.unflushed = true;
@@ -498,7 +498,7 @@ mod tests {
                 relay(
                     client_edge,
                     upstream_edge,
-                    &[0x81, 1, b'x'],
+                    vec![0x81, 1, b'x'],
                     &mut lease,
                     config(),
                     RelayCounters {
@@ -554,7 +554,7 @@ mod tests {
         let end = relay(
             client_edge,
             upstream_edge,
-            &[],
+            Vec::new(),
             &mut lease,
             config(),
             RelayCounters {
@@ -607,7 +607,7 @@ mod tests {
         let relay = relay(
             client_edge,
             upstream_edge,
-            &[],
+            Vec::new(),
             &mut lease,
             config(),
             RelayCounters {

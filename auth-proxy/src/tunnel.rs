@@ -25,7 +25,7 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tracing::{info, warn};
 
-use crate::proxy::{insert_cors, json_response, Edge, RequestCtx, CONNECT_TIMEOUT};
+use crate::proxy::{insert_cors, respond_json, Edge, RequestCtx, CONNECT_TIMEOUT};
 use crate::reject::Reject;
 use crate::relay::{relay, RelayConfig, RelayCounters};
 use crate::state::{now_unix, AppState};
@@ -60,9 +60,27 @@ impl Default for WebSocketConfig {
 }
 
 /// Serves one request on the WebSocket endpoint; the connection ends with it.
-pub async fn serve(state: &Arc<AppState>, edge: &Edge, mut session: ServerSession) {
+///
+/// The handshake and the relay are two futures, each boxed on its own: the handshake's (pingora's
+/// HTTP session, the decision, the agent's answer) is freed before the relay starts, so an open
+/// tunnel holds only the relay's small state for its whole life.
+pub async fn serve(state: &Arc<AppState>, edge: &Edge, session: ServerSession) {
+    // A statement of its own: the handshake's box is dropped at its end, before the relay.
+    let established = Box::pin(handshake(state, edge, session)).await;
+    if let Some(established) = established {
+        Box::pin(run(state, edge, established)).await;
+    }
+}
+
+/// The handshake: the decision, the agent's answer, and on a 101 that answer written to the client.
+/// `None` when it ended without a tunnel (answered and logged here).
+async fn handshake(
+    state: &Arc<AppState>,
+    edge: &Edge,
+    mut session: ServerSession,
+) -> Option<Established> {
     if !matches!(session.read_request().await, Ok(true)) {
-        return;
+        return None;
     }
     let mut ctx = RequestCtx::new();
     edge.begin(&mut ctx);
@@ -90,7 +108,7 @@ pub async fn serve(state: &Arc<AppState>, edge: &Edge, mut session: ServerSessio
                     method,
                     path,
                 };
-                return run(state, edge, session, tunnel, ctx).await;
+                return established(edge, session, tunnel, ctx).await;
             }
             Opened::Refused { status, head, body } => {
                 if let Some(mut client) = into_stream(session) {
@@ -103,13 +121,14 @@ pub async fn serve(state: &Arc<AppState>, edge: &Edge, mut session: ServerSessio
                     .await;
                 }
                 edge.finish_request(&method, &path, status, &mut ctx);
-                return;
+                return None;
             }
             Opened::Answered(status) => status,
         },
     };
     finish(session).await;
     edge.finish_request(&method, &path, status, &mut ctx);
+    None
 }
 
 /// What became of the handshake with the agent.
@@ -178,7 +197,7 @@ async fn open(
     else {
         let body = ErrorBody::new("bad_request", "The request could not be parsed.").to_json();
         ctx.outcome = "error";
-        return Opened::Answered(respond(session, ctx, 400, body, None).await);
+        return Opened::Answered(respond_json(session, ctx, 400, body, None).await);
     };
     if let Err(e) = upstream.write_all(&wire).await {
         return upstream_failed(state, session, ctx, &e.kind().to_string()).await;
@@ -225,17 +244,27 @@ async fn upstream_failed(
     warn!(request_id = %ctx.request_id, error, "upstream unreachable");
     ctx.outcome = "upstream_unavailable";
     let r = Reject::UpstreamUnavailable;
-    Opened::Answered(respond(session, ctx, r.status(), r.body(), None).await)
+    Opened::Answered(respond_json(session, ctx, r.status(), r.body(), None).await)
 }
 
-/// Relays an open tunnel until it ends, then logs it.
-async fn run(
-    state: &AppState,
+/// A tunnel ready to relay: the agent's 101 has reached the client.
+struct Established {
+    client: pingora::protocols::Stream,
+    upstream: TcpStream,
+    /// What the agent sent after its 101, still to be passed to the client.
+    rest: Vec<u8>,
+    method: http::Method,
+    path: String,
+    ctx: RequestCtx,
+}
+
+/// Writes the agent's 101 to the client; `None` (logged) when the client is gone.
+async fn established(
     edge: &Edge,
     session: ServerSession,
     t: Tunnel,
     mut ctx: RequestCtx,
-) {
+) -> Option<Established> {
     let Tunnel {
         upstream,
         head,
@@ -243,9 +272,7 @@ async fn run(
         method,
         path,
     } = t;
-    let Some(mut client) = into_stream(session) else {
-        return;
-    };
+    let mut client = into_stream(session)?;
     let written = timeout(HANDSHAKE_TIMEOUT, async {
         client.write_all(&head).await?;
         client.flush().await
@@ -253,9 +280,28 @@ async fn run(
     .await;
     if !matches!(written, Ok(Ok(()))) {
         edge.finish_request(&method, &path, 0, &mut ctx);
-        return;
+        return None;
     }
-    drop(head);
+    Some(Established {
+        client,
+        upstream,
+        rest: rest.to_vec(),
+        method,
+        path,
+        ctx,
+    })
+}
+
+/// Relays an open tunnel until it ends, then logs it.
+async fn run(state: &AppState, edge: &Edge, e: Established) {
+    let Established {
+        client,
+        upstream,
+        rest,
+        method,
+        path,
+        mut ctx,
+    } = e;
     let m = &state.metrics;
     m.websocket_active.inc();
     let token = ctx.token.take().unwrap_or_default();
@@ -288,8 +334,8 @@ async fn run(
         to_client: &m.tunnel_bytes_to_client,
     };
     let end = match own_socket(client) {
-        Ok(client) => relay(client, upstream, &rest, &mut lease, config, counters).await,
-        Err(client) => relay(client, upstream, &rest, &mut lease, config, counters).await,
+        Ok(client) => relay(client, upstream, rest, &mut lease, config, counters).await,
+        Err(client) => relay(client, upstream, rest, &mut lease, config, counters).await,
     };
     drop(lease);
     m.websocket_active.dec();
@@ -476,32 +522,6 @@ fn with_request_id(head: &[u8], request_id: &str) -> Vec<u8> {
     out
 }
 
-/// A JSON answer from the edge; returns its status.
-async fn respond(
-    session: &mut ServerSession,
-    ctx: &mut RequestCtx,
-    status: u16,
-    body: Vec<u8>,
-    reject: Option<Reject>,
-) -> u16 {
-    let Ok(mut header) = json_response(status, body.len(), &ctx.request_id, reject) else {
-        return 0;
-    };
-    if insert_cors(&mut header, ctx).is_err() {
-        return 0;
-    }
-    session.set_keepalive(None);
-    ctx.responded = Some(ctx.started.elapsed());
-    if session
-        .write_response_header(Box::new(header))
-        .await
-        .is_ok()
-    {
-        let _ = session.write_response_body(Bytes::from(body), true).await;
-    }
-    status
-}
-
 /// A refused handshake: JSON before the upgrade, or with `ws.reject_with = "close"` (and a valid
 /// `Sec-WebSocket-Key`) an upgrade completed here, never upstream, then the optional text frame and
 /// the close frame (see [`crate::ws_refusal`]). Returns the HTTP status the refusal stands for, so
@@ -520,7 +540,7 @@ async fn refuse(
         .map(|v| v.as_bytes());
     let accept = ws_refusal::accept_key(key).filter(|_| ws.reject_with == RejectWith::Close);
     let Some(accept) = accept else {
-        return respond(session, ctx, reject.status(), reject.body(), Some(reject)).await;
+        return respond_json(session, ctx, reject.status(), reject.body(), Some(reject)).await;
     };
     let Ok(header) = upgrade_answer(&accept, ctx) else {
         return 0;
