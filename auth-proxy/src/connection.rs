@@ -10,7 +10,8 @@
 //!   path on pingora-core's HTTP/1 sessions and upstream pool;
 //! - everything else: pingora-proxy's `HttpProxy` with [`crate::proxy::Edge`], handed a session
 //!   that starts with the head already read (pingora's pipelined-prefix).
-//! Both keep the connection alive for the next request.
+//!
+//! Both HTTP paths keep the connection alive for the next request.
 //!
 //! pingora keeps the listeners, the accept loop, graceful shutdown and the HTTP/1 codecs.
 
@@ -276,9 +277,11 @@ impl ServerApp for EdgeApp {
             ))
             .await
             {
-                Head::Complete { bytes, route, .. } if route == Route::WebSocket => {
-                    (bytes, Path::Tunnel)
-                }
+                Head::Complete {
+                    bytes,
+                    route: Route::WebSocket,
+                    ..
+                } => (bytes, Path::Tunnel),
                 Head::Complete {
                     bytes, lean: true, ..
                 } => (bytes, Path::Lean),

@@ -1,5 +1,5 @@
-//! The lean HTTP path: a plain request forwarded on pingora-core's HTTP/1 sessions and its
-//! upstream connection pool, without pingora-proxy's per-request machinery.
+//! The lean HTTP path: a plain request forwarded on pingora-core's HTTP/1 sessions and connector,
+//! with a pool of kept-alive agent connections, without pingora-proxy's per-request machinery.
 //!
 //! pingora-proxy runs every request through a general state machine (cache phases, retries,
 //! subrequests, a request-body task joined to a response task over a channel, module filters).
@@ -7,9 +7,9 @@
 //! back. [`eligible`] picks those requests from the head [`crate::connection`] has already parsed;
 //! [`Forwarder::serve`] then makes the same decision as every other path ([`Edge::decide`]),
 //! prepares the upstream request the same way ([`Edge::prepare_upstream_request`], after dropping
-//! the hop-by-hop `Connection`), takes a pooled agent connection, writes the head, and copies the
-//! answer back through pingora's codecs (which keep the framing: `Content-Length`, chunked, or a
-//! close-delimited body turned into chunks, exactly as pingora-proxy does).
+//! the hop-by-hop `Connection`), takes a pooled agent connection ([`crate::upstream_pool`]), writes
+//! the head, and copies the answer back through pingora's codecs (which keep the framing:
+//! `Content-Length`, chunked, or a close-delimited body turned into chunks, as pingora-proxy does).
 //!
 //! Everything else (request bodies, `Expect`, upgrades outside the WebSocket endpoint, HTTP/1.0,
 //! CORS preflights, connection-nominated headers, absolute-form targets) stays on pingora-proxy
@@ -23,13 +23,13 @@ use pingora::http::ResponseHeader;
 use pingora::prelude::HttpPeer;
 use pingora::protocols::http::v1::client::HttpSession as UpstreamSession;
 use pingora::protocols::http::ServerSession;
-use pingora::upstreams::peer::Peer;
 use shared::error_body::ErrorBody;
 use tracing::warn;
 
 use crate::proxy::{insert_cors, respond_json, Edge, RequestCtx, CONNECT_TIMEOUT};
 use crate::reject::Reject;
 use crate::state::AppState;
+use crate::upstream_pool::UpstreamPool;
 
 /// How many times a request is sent again on a fresh connection when a pooled one turns out to
 /// be closed (the agent restarted, or closed it while idle) before anything reached the client.
@@ -83,11 +83,15 @@ pub fn eligible(req: &httparse::Request) -> bool {
     hosts == 1
 }
 
+/// Most agent connections kept alive for the lean path at once.
+const POOL_CAPACITY: usize = 256;
+
 /// The agent as an upstream of the lean path, and its pool of kept-alive connections.
 pub struct Forwarder {
+    /// Makes new connections (pingora's connect, timeouts and socket options).
     transport: TransportConnector,
+    pool: UpstreamPool,
     peer: HttpPeer,
-    reuse_key: u64,
 }
 
 /// How one attempt at the upstream ended, when it did not give an answer to copy.
@@ -102,11 +106,10 @@ impl Forwarder {
     pub fn new(state: &AppState) -> Forwarder {
         let mut peer = HttpPeer::new(state.upstream, false, String::new());
         peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
-        let reuse_key = peer.reuse_hash();
         Forwarder {
             transport: TransportConnector::new(None),
+            pool: UpstreamPool::new(POOL_CAPACITY),
             peer,
-            reuse_key,
         }
     }
 
@@ -205,16 +208,16 @@ impl Forwarder {
         request: &pingora::http::RequestHeader,
         fresh: bool,
     ) -> Result<UpstreamSession, Failed> {
-        let connected = if fresh {
-            self.transport
+        let pooled = if fresh { None } else { self.pool.take() };
+        let reused = pooled.is_some();
+        let stream = match pooled {
+            Some(stream) => stream,
+            None => self
+                .transport
                 .new_stream(&self.peer)
                 .await
-                .map(|s| (s, false))
-        } else {
-            self.transport.get_stream(&self.peer).await
+                .map_err(|e| Failed::Unreachable(e.etype().as_str().to_string()))?,
         };
-        let (stream, reused) =
-            connected.map_err(|e| Failed::Unreachable(e.etype().as_str().to_string()))?;
         let mut up = UpstreamSession::new_with_options(stream, &self.peer);
         let failed = |e: pingora::BError| {
             if reused {
@@ -285,8 +288,7 @@ impl Forwarder {
     async fn release(&self, mut up: UpstreamSession) {
         up.respect_keepalive();
         if let Some(stream) = up.reuse().await {
-            self.transport
-                .release_stream(stream, self.reuse_key, self.peer.idle_timeout());
+            self.pool.put(stream);
         }
     }
 

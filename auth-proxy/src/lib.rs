@@ -33,6 +33,7 @@ pub mod throttle;
 pub mod token;
 pub mod tunnel;
 pub mod tunnels;
+pub mod upstream_pool;
 pub mod users;
 pub mod ws_refusal;
 pub mod wsframe;
