@@ -39,8 +39,12 @@ fn main() {
         eprintln!("upstream: not an address: {upstream}");
         std::process::exit(2);
     };
+    // Stops at once on SIGTERM (pingora's default grace is a minute): the benchmark scripts wait
+    // for their targets to exit.
     let conf = ServerConf {
         threads: 1,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);

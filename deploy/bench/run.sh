@@ -278,6 +278,19 @@ fi
 MACHINE="$(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -sr)"
 COMMAND="deploy/bench/run.sh${1:+ $1} (DURATION=$DURATION CONNECTIONS=$CONNECTIONS IDLE=$IDLE ROUNDS=$ROUNDS ALT_DURATION=$ALT_DURATION)"
 python3 "$BENCH/table.py" "$RESULTS" "$MACHINE" "$COMMAND" "$(date -u +%Y-%m-%d)" "${PIN_PROXY:+pinned}" >"$OUT/table.md"
+if [ -f "$OUT/http/table.md" ]; then
+  {
+    echo
+    echo "Authenticated HTTP keep-alive (\`deploy/bench/http.sh\`: \`wrk -t1 -c$CONNECTIONS\`, nginx \`return 200\` upstream, $ROUNDS alternating rounds of ${ALT_DURATION}s; ratios are medians of the per-round ratios):"
+    echo
+    cat "$OUT/http/table.md"
+    if [ -f "$OUT/http/idle.jsonl" ]; then
+      echo
+      echo "RSS per idle tunnel with a minimal upstream (\`deploy/bench/idle_tunnels.py\`):"
+      python3 -c 'import json,sys; [print("- %s: %.1f KiB over %d tunnels" % (r["target"], r["kib_per_tunnel"], r["tunnels"])) for r in map(json.loads, open(sys.argv[1]))]' "$OUT/http/idle.jsonl"
+    fi
+  } >>"$OUT/table.md"
+fi
 cat "$OUT/table.md"
 if [ "$WRITE_MD" = 1 ]; then
   python3 "$BENCH/table.py" --splice BENCHMARKS.md "$OUT/table.md"
