@@ -26,7 +26,7 @@ use pingora::protocols::http::ServerSession;
 use shared::error_body::ErrorBody;
 use tracing::warn;
 
-use crate::proxy::{insert_cors, respond_json, Edge, RequestCtx, CONNECT_TIMEOUT};
+use crate::proxy::{insert_cors, respond_json, start_request, Edge, RequestCtx, CONNECT_TIMEOUT};
 use crate::reject::Reject;
 use crate::state::AppState;
 use crate::upstream_pool::UpstreamPool;
@@ -121,16 +121,7 @@ impl Forwarder {
         edge: &Edge,
         mut session: ServerSession,
     ) -> Option<ReusedHttpStream> {
-        if !matches!(session.read_request().await, Ok(true)) {
-            return None;
-        }
-        let mut ctx = RequestCtx::new();
-        edge.begin(&mut ctx);
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
-        edge.identify_request(session.req_header(), peer, &mut ctx);
+        let mut ctx = start_request(edge, &mut session).await?;
         let decided = Box::pin(edge.decide(session.req_header(), &mut ctx)).await;
         let (status, reusable) = match decided {
             Err(reject) => {

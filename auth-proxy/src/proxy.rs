@@ -532,6 +532,25 @@ pub(crate) fn json_response(
     Ok(h)
 }
 
+/// Reads the next request on a session the edge owns (the WebSocket endpoint, the lean path) and
+/// starts it: in flight, request id, client IP, route. `None` when no request came.
+pub(crate) async fn start_request(
+    edge: &Edge,
+    session: &mut pingora::protocols::http::ServerSession,
+) -> Option<RequestCtx> {
+    if !matches!(session.read_request().await, Ok(true)) {
+        return None;
+    }
+    let mut ctx = RequestCtx::new();
+    edge.begin(&mut ctx);
+    let peer = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip());
+    edge.identify_request(session.req_header(), peer, &mut ctx);
+    Some(ctx)
+}
+
 /// A JSON answer from the edge on a session the edge owns (the WebSocket endpoint, the lean
 /// path); the connection closes after it. Returns its status (0 when nothing could be written).
 pub(crate) async fn respond_json(
@@ -547,6 +566,17 @@ pub(crate) async fn respond_json(
     if insert_cors(&mut header, ctx).is_err() {
         return 0;
     }
+    answer_then_close(session, ctx, header, Bytes::from(body)).await;
+    status
+}
+
+/// Writes the edge's own final answer on a session the edge owns; the connection closes after it.
+pub(crate) async fn answer_then_close(
+    session: &mut pingora::protocols::http::ServerSession,
+    ctx: &mut RequestCtx,
+    header: ResponseHeader,
+    body: Bytes,
+) {
     session.set_keepalive(None);
     ctx.responded = Some(ctx.started.elapsed());
     if session
@@ -554,9 +584,8 @@ pub(crate) async fn respond_json(
         .await
         .is_ok()
     {
-        let _ = session.write_response_body(Bytes::from(body), true).await;
+        let _ = session.write_response_body(body, true).await;
     }
-    status
 }
 
 /// True when a request is a CORS preflight.

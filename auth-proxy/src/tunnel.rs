@@ -25,7 +25,9 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tracing::{info, warn};
 
-use crate::proxy::{insert_cors, respond_json, Edge, RequestCtx, CONNECT_TIMEOUT};
+use crate::proxy::{
+    answer_then_close, insert_cors, respond_json, start_request, Edge, RequestCtx, CONNECT_TIMEOUT,
+};
 use crate::reject::Reject;
 use crate::relay::{relay, RelayConfig, RelayCounters};
 use crate::state::{now_unix, AppState};
@@ -79,16 +81,7 @@ async fn handshake(
     edge: &Edge,
     mut session: ServerSession,
 ) -> Option<Established> {
-    if !matches!(session.read_request().await, Ok(true)) {
-        return None;
-    }
-    let mut ctx = RequestCtx::new();
-    edge.begin(&mut ctx);
-    let peer = session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip());
-    edge.identify_request(session.req_header(), peer, &mut ctx);
+    let mut ctx = start_request(edge, &mut session).await?;
     let method = session.req_header().method.clone();
     let path = session.req_header().uri.path().to_string();
     // Boxed: the decision's future (cache, database) is large and is not kept for the tunnel's life.
@@ -546,16 +539,7 @@ async fn refuse(
         return 0;
     };
     let template = Some(ws.reject_frame.as_str()).filter(|t| !t.is_empty());
-    session.set_keepalive(None);
-    ctx.responded = Some(ctx.started.elapsed());
-    if session
-        .write_response_header(Box::new(header))
-        .await
-        .is_ok()
-    {
-        let frames = ws_refusal::frames(reject, template);
-        let _ = session.write_response_body(frames, true).await;
-    }
+    answer_then_close(session, ctx, header, ws_refusal::frames(reject, template)).await;
     reject.status()
 }
 
