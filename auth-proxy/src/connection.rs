@@ -232,7 +232,8 @@ impl ServerApp for EdgeApp {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let m = &self.state.metrics;
-        let _ticket = match self.admission.admit(peer_ip(&stream)) {
+        // Held for the connection's life (handed to the relay's task when it becomes a tunnel).
+        let ticket = match self.admission.admit(peer_ip(&stream)) {
             Ok(ticket) => ticket,
             Err(refusal) => {
                 m.connections_refused
@@ -326,7 +327,13 @@ impl ServerApp for EdgeApp {
             // paths' futures (nor they each other's) for its whole life.
             let reused = match path {
                 Path::Tunnel => {
-                    Box::pin(crate::tunnel::serve(&self.state, &self.edge, session)).await;
+                    Box::pin(crate::tunnel::serve(
+                        &self.state,
+                        &self.edge,
+                        session,
+                        ticket,
+                    ))
+                    .await;
                     return None;
                 }
                 Path::Lean => {

@@ -25,6 +25,7 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tracing::{info, warn};
 
+use crate::admission::Ticket;
 use crate::proxy::{
     answer_then_close, insert_cors, respond_json, start_request, Edge, RequestCtx, CONNECT_TIMEOUT,
 };
@@ -63,14 +64,21 @@ impl Default for WebSocketConfig {
 
 /// Serves one request on the WebSocket endpoint; the connection ends with it.
 ///
-/// The handshake and the relay are two futures, each boxed on its own: the handshake's (pingora's
-/// HTTP session, the decision, the agent's answer) is freed before the relay starts, so an open
-/// tunnel holds only the relay's small state for its whole life.
-pub async fn serve(state: &Arc<AppState>, edge: &Edge, session: ServerSession) {
-    // A statement of its own: the handshake's box is dropped at its end, before the relay.
+/// The handshake runs in a boxed future of its own (pingora's HTTP session, the decision, the
+/// agent's answer: ~6 KiB), freed when it ends. An established tunnel is then relayed by a task of
+/// its own, which takes the connection's admission `ticket` along: the connection's task (pingora's
+/// accept future and the connection loop) ends here, so an open tunnel holds only the relay's small
+/// state for its whole life.
+pub async fn serve(state: &Arc<AppState>, edge: &Edge, session: ServerSession, ticket: Ticket) {
+    // A statement of its own: the handshake's box is dropped at its end.
     let established = Box::pin(handshake(state, edge, session)).await;
     if let Some(established) = established {
-        Box::pin(run(state, edge, established)).await;
+        let state = state.clone();
+        tokio::spawn(async move {
+            let edge = Edge::new(state.clone());
+            run(&state, &edge, established).await;
+            drop(ticket);
+        });
     }
 }
 
