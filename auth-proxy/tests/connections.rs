@@ -138,3 +138,26 @@ async fn the_global_cap_answers_503_instead_of_failing_accept() {
         .unwrap();
     assert!(read_all(&mut first).await.starts_with("HTTP/1.1 200"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn open_tunnels_count_against_the_cap_until_they_close() {
+    // The relay runs in a task of its own after the 101; the connection's admission ticket goes
+    // with it, so a tunnel holds its place for its whole life and gives it back when it ends.
+    let (_dir, _upstream, proxy) = start("[connections]\nmax_per_ip = 2\n").await;
+    let token = news_nexus_token(TEST_JWT_SECRET, 1);
+    let url = proxy.ws_url(&format!("/ws/a?token={token}"));
+    let mut tunnels = Vec::new();
+    for _ in 0..2 {
+        tunnels.push(ws_connect(&url, &[]).await.expect("a tunnel opens"));
+    }
+    open_connections(&proxy, 2.0).await;
+    let mut over = TcpStream::connect(("127.0.0.1", proxy.port)).await.unwrap();
+    let answer = read_all(&mut over).await;
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer:?}");
+    assert_eq!(
+        echo_round_trip(&mut tunnels[0], "still relayed").await,
+        "still relayed"
+    );
+    drop(tunnels.pop());
+    open_connections(&proxy, 1.0).await;
+}
