@@ -262,6 +262,24 @@ impl Stack {
         format!("ws://127.0.0.1:{}{}", self.proxy_port, path)
     }
 
+    /// The edge's WebSocket URL for a new client id, with a token for `user_id`.
+    pub fn session_url(&self, user_id: i64) -> String {
+        self.edge_ws(&format!(
+            "/ws/{}?token={}",
+            uuid::Uuid::new_v4(),
+            self.token(user_id)
+        ))
+    }
+
+    /// A chat socket through the edge for `user_id`, its welcome frame already read.
+    pub async fn open_session(&self, user_id: i64) -> (ws::Socket, serde_json::Value) {
+        let mut socket = ws::connect(&self.session_url(user_id), &[])
+            .await
+            .expect("handshake through the edge");
+        let welcome = ws::next(&mut socket).await.expect("welcome");
+        (socket, welcome)
+    }
+
     pub fn agent_url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{}", self.agent_port, path)
     }

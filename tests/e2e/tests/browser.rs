@@ -251,13 +251,8 @@ async fn with_reject_with_close_an_expired_token_gets_a_readable_close() {
     );
 
     // A good token on the same edge still reaches the agent (the check above can fail).
-    let url = stack.edge_ws(&format!(
-        "/ws/{}?token={}",
-        uuid::Uuid::new_v4(),
-        stack.token(1)
-    ));
-    let mut ok = ws::connect(&url, &[]).await.expect("handshake");
-    assert_eq!(ws::next(&mut ok).await.unwrap()["type"], "system");
+    let (_ok, welcome) = stack.open_session(1).await;
+    assert_eq!(welcome["type"], "system");
     wait_for(&stack, "connection opened").await;
 }
 

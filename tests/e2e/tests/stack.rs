@@ -237,13 +237,7 @@ async fn the_agent_refuses_requests_without_the_proxy_assertion() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_drains_the_proxy_and_it_exits_zero_within_its_grace() {
     let mut stack = Stack::start().await;
-    let url = stack.edge_ws(&format!(
-        "/ws/{}?token={}",
-        uuid::Uuid::new_v4(),
-        stack.token(1)
-    ));
-    let mut socket = ws::connect(&url, &[]).await.expect("handshake");
-    ws::next(&mut socket).await.expect("welcome");
+    let (mut socket, _welcome) = stack.open_session(1).await;
 
     let proxy = stack.proxy.as_mut().unwrap();
     let started = Instant::now();
@@ -326,13 +320,7 @@ fn metric_values_are_summed_over_labels() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sessions_stay_private_through_the_edge() {
     let stack = Stack::start().await;
-    let url = stack.edge_ws(&format!(
-        "/ws/{}?token={}",
-        uuid::Uuid::new_v4(),
-        stack.token(1)
-    ));
-    let mut socket = ws::connect(&url, &[]).await.expect("handshake");
-    ws::next(&mut socket).await.expect("welcome");
+    let (mut socket, _welcome) = stack.open_session(1).await;
     let session = ws::next(&mut socket).await.expect("session");
     let id = session["session_id"].as_str().unwrap().to_string();
     ws::send(

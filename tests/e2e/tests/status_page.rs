@@ -154,13 +154,7 @@ async fn the_status_page_in_headless_chromium_shows_traffic() {
     assert_eq!(upstream.text().await.unwrap(), "up");
 
     // Traffic through the edge: one tunnel kept open, one refused handshake.
-    let url = stack.edge_ws(&format!(
-        "/ws/{}?token={}",
-        uuid::Uuid::new_v4(),
-        stack.token(1)
-    ));
-    let mut socket = ws::connect(&url, &[]).await.expect("handshake");
-    ws::next(&mut socket).await.expect("welcome");
+    let (socket, _welcome) = stack.open_session(1).await;
     let now = now_unix() as i64;
     let expired = token_with_claims(
         TEST_JWT_SECRET,
