@@ -33,6 +33,7 @@ use tracing::debug;
 
 use crate::admission::{Admission, Refusal};
 use crate::forward::Forwarder;
+use crate::head::{HeadIndex, RequestHead};
 use crate::proxy::Edge;
 use crate::routes::Route;
 use crate::state::AppState;
@@ -77,12 +78,12 @@ impl EdgeApp {
 /// What reading a request head gave.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Head {
-    /// A whole head (and perhaps bytes after it) for the given route; `lean` when the lean
-    /// path may serve it.
+    /// A whole head (and perhaps bytes after it) for the given route; `lean` (where its parts
+    /// are) when the lean path may serve it.
     Complete {
         bytes: BytesMut,
         route: Route,
-        lean: bool,
+        lean: Option<HeadIndex>,
     },
     /// Bytes httparse refuses: pingora's parser (more lenient on request lines) gets them.
     Unparsed(BytesMut),
@@ -97,8 +98,12 @@ pub enum Head {
 /// What the bytes read so far hold.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Parsed {
-    /// A whole head for this route; `lean` when [`crate::forward::eligible`].
-    Complete { route: Route, lean: bool },
+    /// A whole head for this route; `lean` (where its parts are) when
+    /// [`crate::forward::eligible`].
+    Complete {
+        route: Route,
+        lean: Option<HeadIndex>,
+    },
     /// A whole head httparse refuses.
     Unparsed,
 }
@@ -108,11 +113,13 @@ pub fn parse_head(bytes: &[u8], routes: &crate::routes::Routes) -> Option<Parsed
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(bytes) {
-        Ok(httparse::Status::Complete(_)) => {
+        Ok(httparse::Status::Complete(len)) => {
             let target = req.path.unwrap_or("/");
             let path = target.split_once('?').map_or(target, |(p, _)| p);
             let route = routes.classify(path);
-            let lean = route != Route::WebSocket && crate::forward::eligible(&req);
+            let lean = (route != Route::WebSocket && crate::forward::eligible(&req))
+                .then(|| HeadIndex::of(bytes, &req, len))
+                .flatten();
             Some(Parsed::Complete { route, lean })
         }
         Ok(httparse::Status::Partial) => None,
@@ -125,32 +132,37 @@ fn head_ended(bytes: &[u8]) -> bool {
     bytes.windows(4).any(|w| w == b"\r\n\r\n") || bytes.windows(2).any(|w| w == b"\n\n")
 }
 
-/// Reads one request head from `stream`: the first byte may take `first_byte_wait`, the whole head
-/// `header_timeout` from the start (a new connection) or from its first byte (a kept-alive one).
+/// Reads one request head from `stream`, after the bytes already read (`carry`: what followed the
+/// last request): the first byte may take `first_byte_wait`, the whole head `header_timeout` from
+/// the start (a new connection) or from its first byte (a kept-alive one).
 async fn read_head(
     stream: &mut Stream,
+    carry: BytesMut,
     fresh: bool,
     header_timeout: Duration,
     shutdown: &ShutdownWatch,
     routes: &crate::routes::Routes,
 ) -> Head {
-    let mut bytes = BytesMut::with_capacity(2048);
-    let mut shutdown = shutdown.clone();
+    let mut bytes = carry;
     let accepted = Instant::now();
-    let first_wait = if fresh {
-        header_timeout
-    } else {
-        KEEPALIVE_IDLE
-    };
-    let first = tokio::select! {
-        biased;
-        r = timeout(first_wait, stream.read_buf(&mut bytes)) => r,
-        _ = shutdown.wait_for(|down| *down) => return Head::Closed,
-    };
-    match first {
-        Err(_) => return Head::TimedOut { started: false },
-        Ok(Ok(0)) | Ok(Err(_)) => return Head::Closed,
-        Ok(Ok(_)) => {}
+    if bytes.is_empty() {
+        bytes.reserve(2048);
+        let mut shutdown = shutdown.clone();
+        let first_wait = if fresh {
+            header_timeout
+        } else {
+            KEEPALIVE_IDLE
+        };
+        let first = tokio::select! {
+            biased;
+            r = timeout(first_wait, stream.read_buf(&mut bytes)) => r,
+            _ = shutdown.wait_for(|down| *down) => return Head::Closed,
+        };
+        match first {
+            Err(_) => return Head::TimedOut { started: false },
+            Ok(Ok(0)) | Ok(Err(_)) => return Head::Closed,
+            Ok(Ok(_)) => {}
+        }
     }
     let deadline = if fresh { accepted } else { Instant::now() } + header_timeout;
     loop {
@@ -176,7 +188,7 @@ async fn read_head(
 /// Who serves a request.
 enum Path {
     Tunnel,
-    Lean,
+    Lean(HeadIndex),
     Proxy,
 }
 
@@ -266,11 +278,14 @@ impl ServerApp for EdgeApp {
         let header_timeout = Duration::from_secs(self.state.config.connections.header_timeout_secs);
         let mut settings: Option<HttpPersistentSettings> = None;
         let mut fresh = true;
+        // Bytes read after the last request's head (a pipelined next request).
+        let mut carry = BytesMut::new();
         loop {
             // Boxed, like every other step below: the connection's own future stays small for
             // the life of a tunnel.
-            let (bytes, path) = match Box::pin(read_head(
+            let (mut bytes, path) = match Box::pin(read_head(
                 &mut stream,
+                std::mem::take(&mut carry),
                 fresh,
                 header_timeout,
                 shutdown,
@@ -284,8 +299,10 @@ impl ServerApp for EdgeApp {
                     ..
                 } => (bytes, Path::Tunnel),
                 Head::Complete {
-                    bytes, lean: true, ..
-                } => (bytes, Path::Lean),
+                    bytes,
+                    lean: Some(index),
+                    ..
+                } => (bytes, Path::Lean(index)),
                 Head::Complete { bytes, .. } | Head::Unparsed(bytes) => (bytes, Path::Proxy),
                 Head::Closed => return None,
                 Head::TimedOut { started } => {
@@ -317,30 +334,35 @@ impl ServerApp for EdgeApp {
                     return None;
                 }
             };
+            // Each path's future is boxed: an open tunnel must not carry the size of the HTTP
+            // paths' futures (nor they each other's) for its whole life.
+            let tunnel = match path {
+                Path::Lean(index) => {
+                    let head = RequestHead::new(bytes.split_to(index.len()).freeze(), index);
+                    carry = bytes;
+                    let closing = *shutdown.borrow();
+                    let serve =
+                        self.forwarder
+                            .serve(&self.state, &self.edge, stream, head, closing);
+                    stream = Box::pin(serve).await?;
+                    fresh = false;
+                    continue;
+                }
+                Path::Tunnel => true,
+                Path::Proxy => false,
+            };
             let mut session = ServerSession::new_http1(stream);
             match settings.take() {
                 Some(s) => s.apply_to_session(&mut session),
                 None => session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) }),
             }
             session.set_pipelined_prefix(bytes);
-            // Each path's future is boxed: an open tunnel must not carry the size of the HTTP
-            // paths' futures (nor they each other's) for its whole life.
-            let reused = match path {
-                Path::Tunnel => {
-                    Box::pin(crate::tunnel::serve(
-                        &self.state,
-                        &self.edge,
-                        session,
-                        ticket,
-                    ))
-                    .await;
-                    return None;
-                }
-                Path::Lean => {
-                    Box::pin(self.forwarder.serve(&self.state, &self.edge, session)).await?
-                }
-                Path::Proxy => Box::pin(self.proxy.process_new_http(session, shutdown)).await?,
-            };
+            if tunnel {
+                let serve = crate::tunnel::serve(&self.state, &self.edge, session, ticket);
+                Box::pin(serve).await;
+                return None;
+            }
+            let reused = Box::pin(self.proxy.process_new_http(session, shutdown)).await?;
             let (next, next_settings) = reused.consume();
             stream = next;
             settings = next_settings;
@@ -373,7 +395,7 @@ mod tests {
             parse_head(&ws, &r),
             Some(Parsed::Complete {
                 route: Route::WebSocket,
-                lean: false
+                lean: None
             })
         );
         let api =
@@ -382,17 +404,18 @@ mod tests {
             parse_head(&api, &r),
             Some(Parsed::Complete {
                 route: Route::Api,
-                lean: false
+                lean: None
             })
         );
         let get = BytesMut::from(&b"GET /api/x?token=t HTTP/1.1\r\nHost: a\r\n\r\n"[..]);
-        assert_eq!(
-            parse_head(&get, &r),
-            Some(Parsed::Complete {
-                route: Route::Api,
-                lean: true
-            })
-        );
+        let Some(Parsed::Complete {
+            route: Route::Api,
+            lean: Some(index),
+        }) = parse_head(&get, &r)
+        else {
+            panic!("a lean head");
+        };
+        assert_eq!(index.len(), get.len());
     }
 
     #[test]

@@ -1,32 +1,40 @@
-//! The lean HTTP path: a plain request forwarded on pingora-core's HTTP/1 sessions and connector,
-//! with a pool of kept-alive agent connections, without pingora-proxy's per-request machinery.
+//! The lean HTTP path: a plain request forwarded by the edge's own small HTTP/1 code, with a pool
+//! of kept-alive agent connections, without pingora-proxy's per-request machinery or header maps.
 //!
 //! pingora-proxy runs every request through a general state machine (cache phases, retries,
-//! subrequests, a request-body task joined to a response task over a channel, module filters).
-//! The edge's plain API traffic needs none of it: a request without a body, a response to copy
-//! back. [`eligible`] picks those requests from the head [`crate::connection`] has already parsed;
-//! [`Forwarder::serve`] then makes the same decision as every other path ([`Edge::decide`]),
-//! prepares the upstream request the same way ([`Edge::prepare_upstream_request`], after dropping
-//! the hop-by-hop `Connection`), takes a pooled agent connection ([`crate::upstream_pool`]), writes
-//! the head, and copies the answer back through pingora's codecs (which keep the framing:
-//! `Content-Length`, chunked, or a close-delimited body turned into chunks, as pingora-proxy does).
+//! subrequests, a request-body task joined to a response task over a channel, module filters) and
+//! turns every head into an `http::HeaderMap` and back. The edge's plain API traffic needs none of
+//! it: a request without a body, an answer to copy back. [`eligible`] picks those requests from
+//! the head [`crate::connection`] has already parsed (httparse); [`Forwarder::serve`] then makes
+//! the same decision as every other path ([`Edge::decide`], through [`crate::head::RequestView`]),
+//! applies the same edits ([`Edge::upstream_edits`]) while writing the agent's head straight from
+//! the client's bytes ([`crate::head::write_upstream_request`]), takes a pooled agent connection
+//! ([`crate::upstream_pool`]), and copies the answer back with its head rewritten the same way
+//! ([`crate::answer`], which also keeps its framing: `Content-Length`, chunked, or a
+//! close-delimited body turned into chunks). The edge's own refusals and errors on this path are
+//! written by pingora's codec, as on every other path.
 //!
 //! Everything else (request bodies, `Expect`, upgrades outside the WebSocket endpoint, HTTP/1.0,
 //! CORS preflights, connection-nominated headers, absolute-form targets) stays on pingora-proxy
 //! with [`crate::proxy::Edge`], so the unusual cases keep pingora's well-trodden handling.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use pingora::apps::{HttpPersistentSettings, ReusedHttpStream};
-use pingora::connectors::TransportConnector;
-use pingora::http::ResponseHeader;
-use pingora::prelude::HttpPeer;
-use pingora::protocols::http::v1::client::HttpSession as UpstreamSession;
+use bytes::BytesMut;
 use pingora::protocols::http::ServerSession;
+use pingora::protocols::Stream;
 use shared::error_body::ErrorBody;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
 use tracing::warn;
 
-use crate::proxy::{insert_cors, respond_json, start_request, Edge, RequestCtx, CONNECT_TIMEOUT};
+use crate::answer::{
+    parse_answer, push_chunk, Answer, BadAnswer, Chunked, ClientSide, Framing, Parsed, LAST_CHUNK,
+};
+use crate::head::{write_upstream_request, RequestHead, RequestView};
+use crate::proxy::{respond_json, Edge, RequestCtx, CONNECT_TIMEOUT};
 use crate::reject::Reject;
 use crate::state::AppState;
 use crate::upstream_pool::UpstreamPool;
@@ -36,7 +44,7 @@ use crate::upstream_pool::UpstreamPool;
 const STALE_RETRIES: usize = 2;
 
 /// True when a request head may take the lean path: HTTP/1.1, `GET`, `HEAD` or `DELETE` in
-/// origin form, exactly one `Host`, no body (`Content-Length` absent or 0, no
+/// origin form (no fragment; a target `http::Uri` accepts), exactly one `Host`, no body (`Content-Length` absent or 0, no
 /// `Transfer-Encoding`), and no header that asks a proxy for more than forwarding (`Upgrade`,
 /// `Expect`, `TE`, `Trailer`, `Keep-Alive`, `Proxy-*`, `HTTP2-Settings`, or a `Connection` other
 /// than `keep-alive` / `close`).
@@ -44,7 +52,12 @@ pub fn eligible(req: &httparse::Request) -> bool {
     if req.version != Some(1) || !matches!(req.method, Some("GET" | "HEAD" | "DELETE")) {
         return false;
     }
-    if !req.path.is_some_and(|p| p.starts_with('/')) {
+    // Origin form, and a target pingora's own parser (`http::Uri`) would take as it is: the
+    // decision must see the same path on both paths.
+    let origin_form = |p: &str| {
+        p.starts_with('/') && !p.contains('#') && http::uri::PathAndQuery::try_from(p).is_ok()
+    };
+    if !req.path.is_some_and(origin_form) {
         return false;
     }
     let mut hosts = 0;
@@ -85,242 +98,329 @@ pub fn eligible(req: &httparse::Request) -> bool {
 
 /// Most agent connections kept alive for the lean path at once.
 const POOL_CAPACITY: usize = 256;
+/// Room for the agent's answer read at once.
+const READ_CHUNK: usize = 16 * 1024;
 
 /// The agent as an upstream of the lean path, and its pool of kept-alive connections.
 pub struct Forwarder {
-    /// Makes new connections (pingora's connect, timeouts and socket options).
-    transport: TransportConnector,
+    upstream: SocketAddr,
     pool: UpstreamPool,
-    peer: HttpPeer,
 }
 
 /// How one attempt at the upstream ended, when it did not give an answer to copy.
 enum Failed {
-    /// Nothing reached the client; the connection was a pooled one: worth one more try.
+    /// Nothing came back on a pooled connection: worth another try on a fresh one.
     Stale,
-    /// The agent could not be reached or broke off before its answer's head.
+    /// The agent could not be reached, broke off, or answered something unusable.
     Unreachable(String),
+}
+
+/// The agent's answer head, read: the connection, the parsed head and the bytes read after it.
+struct Answered {
+    upstream: TcpStream,
+    answer: Answer,
+    rest: BytesMut,
 }
 
 impl Forwarder {
     pub fn new(state: &AppState) -> Forwarder {
-        let mut peer = HttpPeer::new(state.upstream, false, String::new());
-        peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
         Forwarder {
-            transport: TransportConnector::new(None),
+            upstream: state.upstream,
             pool: UpstreamPool::new(POOL_CAPACITY),
-            peer,
         }
     }
 
     /// Serves one request on the lean path; returns the client connection when it may carry the
-    /// next request.
+    /// next request. `closing`: the connection ends after this request whatever the client asks.
     pub async fn serve(
         &self,
         state: &Arc<AppState>,
         edge: &Edge,
-        mut session: ServerSession,
-    ) -> Option<ReusedHttpStream> {
-        let mut ctx = start_request(edge, &mut session).await?;
-        let decided = Box::pin(edge.decide(session.req_header(), &mut ctx)).await;
-        let (status, reusable) = match decided {
+        client: Stream,
+        head: RequestHead,
+        closing: bool,
+    ) -> Option<Stream> {
+        let mut ctx = RequestCtx::new();
+        edge.begin(&mut ctx);
+        edge.identify_request(&head, peer_ip(&client), &mut ctx);
+        let decided = Box::pin(edge.decide(&head, &mut ctx)).await;
+        let keep_alive = !closing && !head.wants_close() && !state.health.is_draining();
+        let (status, client) = match decided {
             Err(reject) => {
                 ctx.outcome = reject.code();
-                let status = respond_json(
-                    &mut session,
+                let status = refuse(
+                    client,
+                    &head,
                     &mut ctx,
                     reject.status(),
                     reject.body(),
                     Some(reject),
                 )
                 .await;
-                (status, false)
+                (status, None)
             }
-            Ok(()) => self.forward(state, edge, &mut session, &mut ctx).await,
+            Ok(()) => {
+                self.forward(state, edge, client, &head, &mut ctx, keep_alive)
+                    .await
+            }
         };
-        let req = session.req_header();
-        edge.finish_request(&req.method, req.uri.path(), status, &mut ctx);
-        if !reusable {
-            return None;
-        }
-        let settings = HttpPersistentSettings::for_session(&session);
-        let reusable = session.finish().await.ok().flatten()?;
-        Some(ReusedHttpStream::from_reusable_stream(reusable, settings))
+        edge.finish_request(head.method(), head.path(), status, &mut ctx);
+        client
     }
 
     /// Forwards an allowed request and copies the answer back. Returns the status the client got
-    /// (0 when it got none) and whether the client connection is still in a reusable state.
+    /// (0 when it got none) and the client connection when it may carry the next request.
     async fn forward(
         &self,
         state: &AppState,
         edge: &Edge,
-        session: &mut ServerSession,
+        client: Stream,
+        head: &RequestHead,
         ctx: &mut RequestCtx,
-    ) -> (u16, bool) {
-        let mut request = session.req_header().clone();
-        // Hop-by-hop: the agent connection's own keep-alive is the pool's business.
-        request.remove_header("connection");
-        let method = request.method.clone();
-        if edge
-            .prepare_upstream_request(&mut request, &method, ctx)
-            .is_err()
-        {
+        keep_alive: bool,
+    ) -> (u16, Option<Stream>) {
+        let edits = edge.upstream_edits(head.method(), head.path(), head.query(), ctx);
+        let mut wire = Vec::with_capacity(head.bytes().len() + 512);
+        if write_upstream_request(&mut wire, head, &edits).is_err() {
             let body = ErrorBody::new("bad_request", "The request could not be parsed.").to_json();
             ctx.outcome = "error";
-            return (respond_json(session, ctx, 400, body, None).await, false);
+            return (refuse(client, head, ctx, 400, body, None).await, None);
         }
-        let mut upstream = None;
+        let cors = ctx
+            .cors_origin
+            .as_deref()
+            .map(crate::cors::response_headers)
+            .unwrap_or_default();
+        let side = ClientSide {
+            head_request: head.method() == "HEAD",
+            keep_alive,
+            request_id: &ctx.request_id,
+            cors: &cors,
+        };
+        let mut failure = String::new();
         for attempt in 0..=STALE_RETRIES {
-            match self.exchange(&request, attempt > 0).await {
-                Ok(up) => {
-                    upstream = Some(up);
-                    break;
+            match self.exchange(&wire, &side, attempt > 0).await {
+                Ok(answered) => {
+                    ctx.responded = Some(ctx.started.elapsed());
+                    let status = answered.answer.status;
+                    let client = self.copy_answer(client, answered, keep_alive, ctx).await;
+                    return (status, client);
                 }
                 Err(Failed::Stale) if attempt < STALE_RETRIES => continue,
-                Err(Failed::Stale) => {
-                    return self
-                        .unreachable(state, session, ctx, "pooled connection closed")
-                        .await
-                }
-                Err(Failed::Unreachable(e)) => {
-                    return self.unreachable(state, session, ctx, &e).await;
-                }
+                Err(Failed::Stale) => failure = "pooled connection closed".into(),
+                Err(Failed::Unreachable(e)) => failure = e,
             }
+            break;
         }
-        let Some(upstream) = upstream else {
-            return (0, false);
-        };
-        self.copy_answer(session, upstream, ctx).await
+        state.metrics.upstream_errors.inc();
+        warn!(request_id = %ctx.request_id, error = %failure, "upstream unreachable");
+        ctx.outcome = "upstream_unavailable";
+        let r = Reject::UpstreamUnavailable;
+        (
+            refuse(client, head, ctx, r.status(), r.body(), None).await,
+            None,
+        )
     }
 
     /// One attempt: a connection (pooled unless `fresh`), the request head, the answer's head.
     async fn exchange(
         &self,
-        request: &pingora::http::RequestHeader,
+        wire: &[u8],
+        side: &ClientSide<'_>,
         fresh: bool,
-    ) -> Result<UpstreamSession, Failed> {
+    ) -> Result<Answered, Failed> {
         let pooled = if fresh { None } else { self.pool.take() };
         let reused = pooled.is_some();
-        let stream = match pooled {
+        let mut upstream = match pooled {
             Some(stream) => stream,
-            None => self
-                .transport
-                .new_stream(&self.peer)
-                .await
-                .map_err(|e| Failed::Unreachable(e.etype().as_str().to_string()))?,
+            None => self.connect().await.map_err(Failed::Unreachable)?,
         };
-        let mut up = UpstreamSession::new_with_options(stream, &self.peer);
-        let failed = |e: pingora::BError| {
-            if reused {
+        let broke = |what: String, got: usize| {
+            if reused && got == 0 {
                 Failed::Stale
             } else {
-                Failed::Unreachable(e.etype().as_str().to_string())
+                Failed::Unreachable(what)
             }
         };
-        up.write_request_header(Box::new(request.clone()))
-            .await
-            .map_err(failed)?;
+        if let Err(e) = upstream.write_all(wire).await {
+            return Err(broke(e.kind().to_string(), 0));
+        }
+        let mut bytes = BytesMut::with_capacity(READ_CHUNK);
+        let mut got = 0;
         loop {
-            up.read_response().await.map_err(failed)?;
-            match up.get_status().map(|s| s.as_u16()) {
-                // Interim answers (100, 103) are not passed on; the final one follows.
-                Some(s) if (100..200).contains(&s) && s != 101 => continue,
-                Some(101) => {
-                    return Err(Failed::Unreachable("101 to a plain request".into()));
+            match upstream.read_buf(&mut bytes).await {
+                Ok(0) => return Err(broke("closed before answering".into(), got)),
+                Ok(n) => got += n,
+                Err(e) => return Err(broke(e.kind().to_string(), got)),
+            }
+            loop {
+                match parse_answer(&bytes, side) {
+                    Ok(Parsed::Partial) => break,
+                    Ok(Parsed::Interim(n)) => {
+                        let _ = bytes.split_to(n);
+                    }
+                    Ok(Parsed::Final(answer)) => {
+                        let _ = bytes.split_to(answer.head_len);
+                        return Ok(Answered {
+                            upstream,
+                            answer,
+                            rest: bytes,
+                        });
+                    }
+                    Err(BadAnswer(why)) => return Err(Failed::Unreachable(why.into())),
                 }
-                _ => return Ok(up),
             }
         }
     }
 
-    /// Writes the agent's answer to the client (with the request id and CORS headers) and copies
-    /// its body; the agent connection goes back to the pool when the body ended cleanly.
+    async fn connect(&self) -> Result<TcpStream, String> {
+        match timeout(CONNECT_TIMEOUT, TcpStream::connect(self.upstream)).await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                Ok(stream)
+            }
+            Ok(Err(e)) => Err(e.kind().to_string()),
+            Err(_) => Err("connect timeout".into()),
+        }
+    }
+
+    /// Writes the answer's head and body to the client, following the body's framing; the agent
+    /// connection goes back to the pool when the body ended cleanly. Returns the client
+    /// connection when it may carry the next request.
     async fn copy_answer(
         &self,
-        session: &mut ServerSession,
-        mut up: UpstreamSession,
+        mut client: Stream,
+        answered: Answered,
+        keep_alive: bool,
         ctx: &mut RequestCtx,
-    ) -> (u16, bool) {
-        let Some(mut header) = up.resp_header().map(|h| Box::new(h.clone())) else {
-            return (0, false);
-        };
-        let status = header.status.as_u16();
-        let head_request = session.req_header().method == http::Method::HEAD;
-        if prepare_answer(&mut header, head_request, ctx).is_err() {
-            return (0, false);
-        }
-        ctx.responded = Some(ctx.started.elapsed());
-        if session.write_response_header(header).await.is_err() {
-            return (status, false);
-        }
-        let ServerSession::H1(downstream) = session else {
-            return (status, false);
-        };
+    ) -> Option<Stream> {
+        let Answered {
+            mut upstream,
+            answer,
+            rest,
+        } = answered;
+        let mut body = BodyCopy::new(answer.framing);
+        let mut out = answer.client_head;
+        let mut bytes = rest;
         loop {
-            match up.read_body_ref().await {
-                Ok(Some(chunk)) => {
-                    if downstream.write_body(chunk).await.is_err() {
-                        return (status, false);
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
+            let clean = match body.take(&bytes, &mut out) {
+                Ok(clean) => clean,
+                Err(BadAnswer(why)) => {
                     ctx.outcome = "upstream_error";
-                    warn!(request_id = %ctx.request_id, error = e.etype().as_str(), "upstream answer broken off");
-                    return (status, false);
+                    warn!(request_id = %ctx.request_id, error = why, "upstream answer broken off");
+                    return None;
                 }
+            };
+            if client.write_all(&out).await.is_err() {
+                return None;
+            }
+            out.clear();
+            if body.done {
+                if client.flush().await.is_err() {
+                    return None;
+                }
+                if clean && answer.reusable {
+                    self.pool.put(upstream);
+                }
+                return keep_alive.then_some(client);
+            }
+            if client.flush().await.is_err() {
+                return None;
+            }
+            bytes.clear();
+            bytes.reserve(READ_CHUNK);
+            match upstream.read_buf(&mut bytes).await {
+                Ok(0) if answer.framing == Framing::UntilClose => {
+                    out.extend_from_slice(LAST_CHUNK);
+                    if client.write_all(&out).await.is_err() || client.flush().await.is_err() {
+                        return None;
+                    }
+                    return keep_alive.then_some(client);
+                }
+                Ok(0) | Err(_) => {
+                    ctx.outcome = "upstream_error";
+                    warn!(request_id = %ctx.request_id, "upstream answer broken off");
+                    return None;
+                }
+                Ok(_) => {}
             }
         }
-        self.release(up).await;
-        (status, true)
-    }
-
-    /// Returns a finished agent connection to the pool (or closes it).
-    async fn release(&self, mut up: UpstreamSession) {
-        up.respect_keepalive();
-        if let Some(stream) = up.reuse().await {
-            self.pool.put(stream);
-        }
-    }
-
-    /// 502 `upstream_unavailable`, as pingora-proxy's path answers it.
-    async fn unreachable(
-        &self,
-        state: &AppState,
-        session: &mut ServerSession,
-        ctx: &mut RequestCtx,
-        error: &str,
-    ) -> (u16, bool) {
-        state.metrics.upstream_errors.inc();
-        warn!(request_id = %ctx.request_id, error, "upstream unreachable");
-        ctx.outcome = "upstream_unavailable";
-        let r = Reject::UpstreamUnavailable;
-        (
-            respond_json(session, ctx, r.status(), r.body(), None).await,
-            false,
-        )
     }
 }
 
-/// The agent's answer as the client gets it: the request id and CORS headers added, and a
-/// close-delimited body (HTTP/1.0 style) announced as chunked so the client connection can be
-/// kept alive, as pingora-proxy does.
-pub fn prepare_answer(
-    header: &mut ResponseHeader,
-    head_request: bool,
-    ctx: &RequestCtx,
-) -> pingora::Result<()> {
-    let status = header.status.as_u16();
-    let no_body = head_request || matches!(status, 204 | 304);
-    if !no_body
-        && header.headers.get("transfer-encoding").is_none()
-        && header.headers.get("content-length").is_none()
-    {
-        header.set_version(http::Version::HTTP_11);
-        header.insert_header("transfer-encoding", "chunked")?;
+/// Follows an answer's body through the bytes read from the agent.
+struct BodyCopy {
+    framing: Framing,
+    /// Bytes still to pass (for [`Framing::Length`]).
+    left: u64,
+    chunked: Chunked,
+    done: bool,
+}
+
+impl BodyCopy {
+    fn new(framing: Framing) -> BodyCopy {
+        let left = match framing {
+            Framing::Length(n) => n,
+            _ => 0,
+        };
+        BodyCopy {
+            framing,
+            left,
+            chunked: Chunked::new(),
+            done: matches!(framing, Framing::Empty | Framing::Length(0)),
+        }
     }
-    header.insert_header("x-request-id", &ctx.request_id)?;
-    insert_cors(header, ctx)
+
+    /// Appends to `out` what of `bytes` belongs to the body (re-framed when close-delimited).
+    /// Returns false when the agent sent bytes after the body's end (its connection is not
+    /// reused).
+    fn take(&mut self, bytes: &[u8], out: &mut Vec<u8>) -> Result<bool, BadAnswer> {
+        let used = match self.framing {
+            Framing::Empty => 0,
+            Framing::Length(_) => {
+                let n = self.left.min(bytes.len() as u64) as usize;
+                self.left -= n as u64;
+                self.done = self.left == 0;
+                out.extend_from_slice(&bytes[..n]);
+                n
+            }
+            Framing::Chunked => {
+                let n = self.chunked.advance(bytes)?;
+                self.done = self.chunked.is_done();
+                out.extend_from_slice(&bytes[..n]);
+                n
+            }
+            Framing::UntilClose => {
+                push_chunk(out, bytes);
+                bytes.len()
+            }
+        };
+        Ok(used == bytes.len())
+    }
+}
+
+/// The edge's own answer on this path (a refusal or an error), written by pingora's HTTP/1 codec
+/// as on every other path; the connection closes after it. Returns the status (0 if not written).
+async fn refuse(
+    client: Stream,
+    head: &RequestHead,
+    ctx: &mut RequestCtx,
+    status: u16,
+    body: Vec<u8>,
+    reject: Option<Reject>,
+) -> u16 {
+    let mut session = ServerSession::new_http1(client);
+    session.set_pipelined_prefix(BytesMut::from(&head.bytes()[..]));
+    if !matches!(session.read_request().await, Ok(true)) {
+        return 0;
+    }
+    respond_json(&mut session, ctx, status, body, reject).await
+}
+
+fn peer_ip(stream: &Stream) -> Option<std::net::IpAddr> {
+    stream
+        .get_socket_digest()
+        .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
 }
 
 #[cfg(test)]
@@ -361,30 +461,9 @@ mod tests {
             "GET /api/x HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, X-User-Id\r\n\r\n",
             "GET /api/x HTTP/1.1\r\nHost: a\r\nKeep-Alive: timeout=5\r\n\r\n",
             "GET /api/x HTTP/1.1\r\nHost: a\r\nTE: trailers\r\n\r\n",
+            "GET /api/x#top HTTP/1.1\r\nHost: a\r\n\r\n",
         ] {
             assert!(!check(head), "{head}");
         }
-    }
-
-    #[test]
-    fn a_close_delimited_answer_is_sent_chunked_with_the_request_id() {
-        let mut ctx = RequestCtx::new();
-        ctx.request_id = "r-1".into();
-        let mut h = ResponseHeader::build(200, None).unwrap();
-        h.set_version(http::Version::HTTP_10);
-        prepare_answer(&mut h, false, &ctx).unwrap();
-        assert_eq!(h.headers.get("transfer-encoding").unwrap(), "chunked");
-        assert_eq!(h.version, http::Version::HTTP_11);
-        assert_eq!(h.headers.get("x-request-id").unwrap(), "r-1");
-
-        for (status, head) in [(204, false), (304, false), (200, true)] {
-            let mut h = ResponseHeader::build(status, None).unwrap();
-            prepare_answer(&mut h, head, &ctx).unwrap();
-            assert!(h.headers.get("transfer-encoding").is_none(), "{status}");
-        }
-        let mut h = ResponseHeader::build(200, None).unwrap();
-        h.insert_header("content-length", "3").unwrap();
-        prepare_answer(&mut h, false, &ctx).unwrap();
-        assert!(h.headers.get("transfer-encoding").is_none());
     }
 }

@@ -30,24 +30,41 @@ pub const PROXY_ONLY: [&str; 4] = [
 /// CGI-style upstream under the same variable, so they are always deleted.
 const PROXY_WRITTEN: [&str; 3] = ["x-forwarded-for", "x-forwarded-proto", "x-request-id"];
 
-/// Names of the forwarding headers to delete from a client request: underscore spellings of any
-/// forwarding header or of the request id always, and [`PROXY_ONLY`] unless the peer is trusted.
+/// Names of the forwarding headers to delete from a client request (see [`forwarding_dropped`]).
 pub fn forwarding_present<'a>(
     names: impl Iterator<Item = &'a str>,
     peer_trusted: bool,
 ) -> Vec<String> {
     let mut out: Vec<String> = names
-        .filter(|n| {
-            let normal = n.to_ascii_lowercase().replace('_', "-");
-            let known =
-                PROXY_ONLY.contains(&normal.as_str()) || PROXY_WRITTEN.contains(&normal.as_str());
-            known && (n.contains('_') || (!peer_trusted && PROXY_ONLY.contains(&normal.as_str())))
-        })
+        .filter(|n| forwarding_dropped(n, peer_trusted))
         .map(str::to_ascii_lowercase)
         .collect();
     out.sort();
     out.dedup();
     out
+}
+
+/// True for a forwarding header a client request must not carry upstream: an underscore spelling
+/// of any forwarding header or of the request id always, and [`PROXY_ONLY`] unless the peer is
+/// trusted. Allocation-free: it runs for every header of every request.
+pub fn forwarding_dropped(name: &str, peer_trusted: bool) -> bool {
+    let proxy_only = PROXY_ONLY.iter().any(|k| loose_eq(name, k));
+    let known = proxy_only || PROXY_WRITTEN.iter().any(|k| loose_eq(name, k));
+    known && (name.contains('_') || (!peer_trusted && proxy_only))
+}
+
+/// True if a header name equals `known` (lower case, `-` between words), comparing ASCII letters
+/// in any case and `_` as `-`.
+pub fn loose_eq(name: &str, known: &str) -> bool {
+    name.len() == known.len()
+        && name.bytes().zip(known.bytes()).all(|(a, b)| {
+            let a = if a == b'_' {
+                b'-'
+            } else {
+                a.to_ascii_lowercase()
+            };
+            a == b
+        })
 }
 
 /// A `Connection` header value without tokens that name reserved headers; `None` if nothing is left.

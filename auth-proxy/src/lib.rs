@@ -7,10 +7,12 @@
 pub mod admin;
 pub mod admin_api;
 pub mod admission;
+pub mod answer;
 pub mod config;
 pub mod connection;
 pub mod cors;
 pub mod forward;
+pub mod head;
 pub mod headers;
 pub mod jwks;
 pub mod jwt;

@@ -25,12 +25,12 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
-use pingora::protocols::http::v1::common::is_upgrade_req;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use shared::identity::{BoundRequest, Identity};
 use tracing::{info, warn};
 
 use crate::cors;
+use crate::head::RequestView;
 use crate::headers;
 use crate::reject::Reject;
 use crate::revocations::TokenFacts;
@@ -99,8 +99,29 @@ impl Default for RequestCtx {
     }
 }
 
-fn header_str<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
-    req.headers.get(name).and_then(|v| v.to_str().ok())
+/// How a client request changes on its way to the agent (see [`Edge::upstream_edits`]). One policy
+/// for both codecs: pingora's header map and the lean path's head writer ([`crate::head`]).
+pub struct UpstreamEdits {
+    /// The target to forward instead of the client's (the token stripped); `None` keeps it.
+    pub target: Option<String>,
+    /// `Authorization` is dropped (the default; `forward_credentials` keeps it).
+    pub strip_authorization: bool,
+    /// The peer is a trusted proxy: its forwarding headers are kept.
+    pub peer_trusted: bool,
+    /// Headers the edge sets; any the client sent under these names are dropped.
+    pub added: Vec<(&'static str, String)>,
+}
+
+impl UpstreamEdits {
+    /// True for a client header that must not reach the agent: a reserved identity header (any
+    /// spelling), `Authorization` when stripped, a forwarding header only the edge or a trusted
+    /// proxy may send, or one the edge sets itself.
+    pub fn drops(&self, name: &str) -> bool {
+        (self.strip_authorization && name.eq_ignore_ascii_case("authorization"))
+            || shared::identity::is_reserved_header(name)
+            || headers::forwarding_dropped(name, self.peer_trusted)
+            || self.added.iter().any(|(n, _)| name.eq_ignore_ascii_case(n))
+    }
 }
 
 #[async_trait]
@@ -218,7 +239,7 @@ impl ProxyHttp for Edge {
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
         let req = session.req_header();
-        self.finish_request(&req.method, req.uri.path(), status, ctx);
+        self.finish_request(req.method.as_str(), req.uri.path(), status, ctx);
     }
 
     /// What pingora prints in its own error lines: never the query string (it may hold the token).
@@ -236,46 +257,92 @@ impl ProxyHttp for Edge {
 impl Edge {
     /// The request the upstream gets: the token and `Authorization` stripped (unless
     /// `forward_credentials`), client identity headers deleted, the signed identity, request id and
-    /// forwarded headers added.
+    /// forwarded headers added ([`Edge::upstream_edits`], applied to pingora's header map).
     pub(crate) fn prepare_upstream_request(
         &self,
         upstream: &mut RequestHeader,
         method: &http::Method,
         ctx: &RequestCtx,
     ) -> Result<()> {
-        if !self.state.config.forward_credentials {
-            let uri = token::forwarded_uri(upstream.uri.path(), upstream.uri.query());
+        let edits = self.upstream_edits(
+            method.as_str(),
+            upstream.uri.path(),
+            upstream.uri.query(),
+            ctx,
+        );
+        if let Some(target) = &edits.target {
             upstream.set_uri(
-                uri.parse()
+                target
+                    .parse()
                     .map_err(|_| Error::explain(HTTPStatus(400), "bad request URI"))?,
             );
-            upstream.remove_header("authorization");
         }
-        let peer_trusted = ctx
-            .peer
-            .is_some_and(|p| headers::in_networks(p, &self.state.trusted));
-        sanitise(upstream, peer_trusted)?;
+        let dropped: Vec<String> = upstream
+            .headers
+            .keys()
+            .map(|k| k.as_str())
+            .filter(|k| edits.drops(k))
+            .map(str::to_string)
+            .collect();
+        for name in dropped {
+            upstream.remove_header(&name);
+        }
+        clean_connection_header(upstream)?;
+        for (name, value) in edits.added {
+            upstream.insert_header(name, value)?;
+        }
+        Ok(())
+    }
+
+    /// How a request changes on its way to the agent, whichever codec writes it: the target
+    /// without the token, the client headers to drop, and the headers the edge sets (the signed
+    /// identity bound to method, path and the forwarded query; request id; forwarded headers).
+    pub(crate) fn upstream_edits(
+        &self,
+        method: &str,
+        path: &str,
+        query: Option<&str>,
+        ctx: &RequestCtx,
+    ) -> UpstreamEdits {
+        let strip = !self.state.config.forward_credentials;
+        let stripped_query = if strip {
+            query.and_then(token::strip_token)
+        } else {
+            None
+        };
+        let (target, query) = match (strip, query) {
+            (true, Some(_)) => (
+                Some(token::forwarded_uri_of(path, stripped_query.as_deref())),
+                stripped_query.as_deref(),
+            ),
+            _ => (None, query),
+        };
+        let mut added: Vec<(&'static str, String)> = Vec::with_capacity(7);
         if let Some(user) = &ctx.user {
             let identity = Identity {
                 user_id: user.id,
                 username: user.username.clone(),
                 is_admin: user.is_admin,
             };
-            let bound =
-                BoundRequest::new(method.as_str(), upstream.uri.path(), upstream.uri.query());
+            let bound = BoundRequest::new(method, path, query);
             let signed = self.state.signer.sign(&identity, bound, now_unix());
-            for (name, value) in signed.pairs() {
-                upstream.insert_header(name, value)?;
-            }
+            added.extend(signed.pairs().map(|(n, v)| (n, v.to_string())));
         }
-        upstream.insert_header("x-request-id", &ctx.request_id)?;
+        added.push(("x-request-id", ctx.request_id.clone()));
         if let Some(peer) = ctx.peer {
             let xff =
                 headers::forwarded_for(peer, ctx.forwarded_for.as_deref(), &self.state.trusted);
-            upstream.insert_header("x-forwarded-for", xff)?;
+            added.push(("x-forwarded-for", xff));
         }
-        upstream.insert_header("x-forwarded-proto", "http")?;
-        Ok(())
+        added.push(("x-forwarded-proto", "http".to_string()));
+        UpstreamEdits {
+            target,
+            strip_authorization: strip,
+            peer_trusted: ctx
+                .peer
+                .is_some_and(|p| headers::in_networks(p, &self.state.trusted)),
+            added,
+        }
     }
 
     /// A request starts: it counts as in flight (the drain waits for it) until [`Edge::end`].
@@ -295,7 +362,7 @@ impl Edge {
     /// A request is answered: its metrics, its access line, and it is no longer in flight.
     pub(crate) fn finish_request(
         &self,
-        method: &http::Method,
+        method: &str,
         path: &str,
         status: u16,
         ctx: &mut RequestCtx,
@@ -308,7 +375,7 @@ impl Edge {
         self.count_recent(ctx);
         info!(
             target: "access",
-            method = %method,
+            method,
             path,
             status,
             outcome = ctx.outcome,
@@ -324,16 +391,16 @@ impl Edge {
     /// Request id, client IP and route class.
     pub(crate) fn identify_request(
         &self,
-        req: &RequestHeader,
+        req: &impl RequestView,
         peer: Option<IpAddr>,
         ctx: &mut RequestCtx,
     ) {
         ctx.request_id = headers::request_id(
-            req.headers.get("x-request-id").map(|v| v.as_bytes()),
+            req.header("x-request-id"),
             self.state.config.trust_client_request_id,
         );
-        ctx.route = self.state.routes.classify(req.uri.path());
-        ctx.forwarded_for = header_str(req, "x-forwarded-for").map(str::to_string);
+        ctx.route = self.state.routes.classify(req.path());
+        ctx.forwarded_for = req.header_str("x-forwarded-for").map(str::to_string);
         ctx.peer = peer;
         ctx.client_ip = ctx
             .peer
@@ -341,7 +408,7 @@ impl Edge {
         ctx.cors_origin = self
             .state
             .cors
-            .matching(header_str(req, "origin"))
+            .matching(req.header_str("origin"))
             .map(str::to_string);
     }
 
@@ -374,10 +441,10 @@ impl Edge {
     /// authenticated with `ctx.user` set), `Err` is the answer to give instead. Counts the decision.
     pub(crate) async fn decide(
         &self,
-        req: &RequestHeader,
+        req: &(impl RequestView + Sync),
         ctx: &mut RequestCtx,
     ) -> std::result::Result<(), Reject> {
-        if routes::check_raw_path(req.uri.path()).is_err() {
+        if routes::check_raw_path(req.path()).is_err() {
             ctx.outcome = Reject::BadPath.code();
             return Err(Reject::BadPath);
         }
@@ -393,7 +460,7 @@ impl Edge {
             && !self
                 .state
                 .ws_origins
-                .permits_handshake(header_str(req, "origin"))
+                .permits_handshake(req.header_str("origin"))
         {
             let reject = Reject::OriginNotAllowed;
             self.record_rejection(ctx, reject);
@@ -420,13 +487,13 @@ impl Edge {
     /// only turns a failure into 429: a token that verifies for a known user is never refused by it.
     async fn authenticate(
         &self,
-        req: &RequestHeader,
+        req: &(impl RequestView + Sync),
         ctx: &RequestCtx,
     ) -> std::result::Result<(User, TokenFacts), Reject> {
         let s = &self.state;
         let throttled = || ctx.client_ip.is_some_and(|ip| s.throttle.is_throttled(&ip));
-        let authorization = req.headers.get("authorization").map(|v| v.as_bytes());
-        let token = token::extract(req.uri.query(), authorization, s.config.max_token_bytes)
+        let authorization = req.header("authorization");
+        let token = token::extract(req.query(), authorization, s.config.max_token_bytes)
             .map_err(|p| throttle::verdict(p.into(), throttled()))?;
         let facts = s
             .jwt
@@ -450,7 +517,7 @@ impl Edge {
         if ctx.route == Route::Admin && !user.is_admin {
             return Err(Reject::Forbidden);
         }
-        if ctx.route == Route::WebSocket && !is_upgrade_req(req) {
+        if ctx.route == Route::WebSocket && !req.is_upgrade() {
             return Err(Reject::WebSocketRequired);
         }
         Ok((user, facts))
@@ -592,8 +659,8 @@ pub(crate) async fn answer_then_close(
 fn is_preflight(req: &RequestHeader) -> bool {
     cors::is_preflight(
         req.method.as_str(),
-        header_str(req, "origin"),
-        header_str(req, "access-control-request-method"),
+        req.header_str("origin"),
+        req.header_str("access-control-request-method"),
     )
 }
 
@@ -611,16 +678,10 @@ pub(crate) fn insert_cors(h: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()
     Ok(())
 }
 
-/// Deletes every reserved identity header (any spelling), any `Connection` token naming one, and
-/// the forwarding headers only a trusted proxy may send.
-fn sanitise(upstream: &mut RequestHeader, peer_trusted: bool) -> Result<()> {
-    let keys = || upstream.headers.keys().map(|k| k.as_str());
-    let mut names = headers::reserved_present(keys());
-    names.extend(headers::forwarding_present(keys(), peer_trusted));
-    for name in names {
-        upstream.remove_header(&name);
-    }
-    if let Some(conn) = header_str(upstream, "connection").map(str::to_string) {
+/// Drops any `Connection` token naming a reserved identity header (and the header when nothing is
+/// left): a client must not make a proxy on the way delete the edge's identity headers.
+fn clean_connection_header(upstream: &mut RequestHeader) -> Result<()> {
+    if let Some(conn) = upstream.header_str("connection").map(str::to_string) {
         match headers::clean_connection(&conn) {
             Some(clean) if clean != conn => {
                 upstream.insert_header("connection", clean)?;

@@ -78,7 +78,12 @@ pub fn strip_token(query: &str) -> Option<String> {
 
 /// `path` plus the stripped query, ready to forward.
 pub fn forwarded_uri(path: &str, query: Option<&str>) -> String {
-    match query.and_then(strip_token) {
+    forwarded_uri_of(path, query.and_then(strip_token).as_deref())
+}
+
+/// `path` plus an already stripped query.
+pub fn forwarded_uri_of(path: &str, stripped_query: Option<&str>) -> String {
+    match stripped_query {
         Some(q) => format!("{path}?{q}"),
         None => path.to_string(),
     }

@@ -121,14 +121,14 @@ async fn handshake(
                     })
                     .await;
                 }
-                edge.finish_request(&method, &path, status, &mut ctx);
+                edge.finish_request(method.as_str(), &path, status, &mut ctx);
                 return None;
             }
             Opened::Answered(status) => status,
         },
     };
     finish(session).await;
-    edge.finish_request(&method, &path, status, &mut ctx);
+    edge.finish_request(method.as_str(), &path, status, &mut ctx);
     None
 }
 
@@ -280,7 +280,7 @@ async fn established(
     })
     .await;
     if !matches!(written, Ok(Ok(()))) {
-        edge.finish_request(&method, &path, 0, &mut ctx);
+        edge.finish_request(method.as_str(), &path, 0, &mut ctx);
         return None;
     }
     Some(Established {

@@ -15,8 +15,8 @@ use std::sync::Mutex;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use pingora::protocols::Stream;
 use tokio::io::{AsyncRead, ReadBuf};
+use tokio::net::TcpStream;
 
 /// How long a connection may wait in the pool (below the usual keep-alive timeouts of HTTP
 /// servers, so the agent rarely closes one the edge is about to use).
@@ -24,7 +24,7 @@ pub const IDLE_MAX: Duration = Duration::from_secs(30);
 
 /// The pool of one upstream.
 pub struct UpstreamPool {
-    idle: Mutex<Vec<(Stream, Instant)>>,
+    idle: Mutex<Vec<(TcpStream, Instant)>>,
     capacity: usize,
 }
 
@@ -36,12 +36,12 @@ impl UpstreamPool {
         }
     }
 
-    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<(Stream, Instant)>> {
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<(TcpStream, Instant)>> {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// An open, quiet connection, if one waits.
-    pub fn take(&self) -> Option<Stream> {
+    pub fn take(&self) -> Option<TcpStream> {
         loop {
             let (mut stream, since) = self.idle().pop()?;
             if since.elapsed() <= IDLE_MAX && is_quiet(&mut stream) {
@@ -51,7 +51,7 @@ impl UpstreamPool {
     }
 
     /// Keeps a connection whose last answer was read completely (or drops it when full).
-    pub fn put(&self, stream: Stream) {
+    pub fn put(&self, stream: TcpStream) {
         let mut idle = self.idle();
         if idle.len() < self.capacity {
             idle.push((stream, Instant::now()));
@@ -69,7 +69,7 @@ impl UpstreamPool {
 }
 
 /// True when a read would block: the connection is open and nothing unexpected was sent on it.
-fn is_quiet(stream: &mut Stream) -> bool {
+fn is_quiet(stream: &mut TcpStream) -> bool {
     let mut byte = [0u8; 1];
     let mut buf = ReadBuf::new(&mut byte);
     let mut cx = Context::from_waker(Waker::noop());
@@ -92,23 +92,18 @@ mod tests {
         (client, server)
     }
 
-    fn pingora(client: TcpStream) -> Stream {
-        Box::new(pingora::protocols::l4::stream::Stream::from(client))
-    }
-
-    async fn pair() -> (Stream, TcpStream) {
-        let (client, server) = tcp_pair().await;
-        (pingora(client), server)
+    async fn pair() -> (TcpStream, TcpStream) {
+        tcp_pair().await
     }
 
     /// The client side once the runtime has seen it become readable (the server closed or wrote),
     /// as a pooled connection is when the agent acted on it while it waited.
-    async fn after_readable(client: TcpStream) -> Stream {
+    async fn after_readable(client: TcpStream) -> TcpStream {
         tokio::time::timeout(Duration::from_secs(5), client.readable())
             .await
             .expect("readable in time")
             .unwrap();
-        pingora(client)
+        client
     }
 
     #[tokio::test]
@@ -136,11 +131,7 @@ mod tests {
     #[tokio::test]
     async fn the_pool_keeps_at_most_its_capacity_and_gives_the_newest_first() {
         let pool = UpstreamPool::new(2);
-        let addr = |s: &Stream| {
-            s.get_socket_digest()
-                .and_then(|d| d.local_addr().cloned())
-                .map(|a| a.to_string())
-        };
+        let addr = |s: &TcpStream| s.local_addr().unwrap();
         let mut servers = Vec::new();
         let mut addrs = Vec::new();
         for _ in 0..3 {

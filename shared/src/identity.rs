@@ -66,8 +66,23 @@ type HmacSha256 = Hmac<Sha256>;
 /// Underscore spellings count because CGI-style servers (WSGI, ASGI, PHP) map `x_user_id` and
 /// `x-user-id` to the same variable.
 pub fn is_reserved_header(name: &str) -> bool {
-    let normal = name.to_ascii_lowercase().replace('_', "-");
-    RESERVED_PREFIXES.iter().any(|p| normal.starts_with(p))
+    RESERVED_PREFIXES
+        .iter()
+        .any(|p| loose_prefix(name.as_bytes(), p.as_bytes()))
+}
+
+/// True if `name` starts with `prefix` (lower case, `-` between words), comparing ASCII letters
+/// in any case and `_` as `-`. Allocation-free: it runs for every header of every request.
+fn loose_prefix(name: &[u8], prefix: &[u8]) -> bool {
+    name.len() >= prefix.len()
+        && name.iter().zip(prefix).all(|(&a, &b)| {
+            let a = if a == b'_' {
+                b'-'
+            } else {
+                a.to_ascii_lowercase()
+            };
+            a == b
+        })
 }
 
 /// Who the proxy says the caller is.

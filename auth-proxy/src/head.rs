@@ -1,0 +1,312 @@
+//! A client's request head as the edge's own paths read it: parsed once (by httparse, in
+//! [`crate::connection`]), looked at through [`RequestView`] (the same view the decision takes of
+//! pingora's `RequestHeader`), and rewritten straight into the bytes the agent gets
+//! ([`write_upstream_request`]) without building a header map.
+//!
+//! Only heads [`crate::forward::eligible`] accepts are kept this way: HTTP/1.1, no body, an
+//! origin-form target that `http::Uri` also accepts, no header a proxy must interpret.
+
+use std::ops::Range;
+
+use bytes::Bytes;
+use pingora::http::RequestHeader;
+
+use crate::proxy::UpstreamEdits;
+
+/// What the decision reads of a request, whichever codec parsed it.
+pub trait RequestView {
+    fn method(&self) -> &str;
+    /// The target's path (before any `?`).
+    fn path(&self) -> &str;
+    /// The target's query (after the `?`), if any.
+    fn query(&self) -> Option<&str>;
+    /// The first value of a header (name in any case).
+    fn header(&self, name: &str) -> Option<&[u8]>;
+    /// True for an HTTP/1.1 request with an `Upgrade` header (pingora's `is_upgrade_req`).
+    fn is_upgrade(&self) -> bool;
+
+    /// A header's value as text, when it is visible ASCII (as `HeaderValue::to_str` reads it).
+    fn header_str(&self, name: &str) -> Option<&str> {
+        self.header(name)
+            .filter(|v| v.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b)))
+            .and_then(|v| std::str::from_utf8(v).ok())
+    }
+}
+
+impl RequestView for RequestHeader {
+    fn method(&self) -> &str {
+        self.method.as_str()
+    }
+    fn path(&self) -> &str {
+        self.uri.path()
+    }
+    fn query(&self) -> Option<&str> {
+        self.uri.query()
+    }
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers.get(name).map(|v| v.as_bytes())
+    }
+    fn is_upgrade(&self) -> bool {
+        pingora::protocols::http::v1::common::is_upgrade_req(self)
+    }
+}
+
+/// Where the parts of a parsed head lie in its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeadIndex {
+    method: Range<usize>,
+    target: Range<usize>,
+    headers: Vec<(Range<usize>, Range<usize>)>,
+    /// Length of the whole head, its empty line included.
+    len: usize,
+}
+
+impl HeadIndex {
+    /// Records where httparse found each part in `buf` (the bytes it parsed).
+    pub fn of(buf: &[u8], req: &httparse::Request, len: usize) -> Option<HeadIndex> {
+        let at = |s: &[u8]| {
+            let start = (s.as_ptr() as usize).checked_sub(buf.as_ptr() as usize)?;
+            (start + s.len() <= buf.len()).then_some(start..start + s.len())
+        };
+        let headers = req
+            .headers
+            .iter()
+            .map(|h| Some((at(h.name.as_bytes())?, at(h.value)?)))
+            .collect::<Option<Vec<_>>>()?;
+        Some(HeadIndex {
+            method: at(req.method?.as_bytes())?,
+            target: at(req.path?.as_bytes())?,
+            headers,
+            len,
+        })
+    }
+
+    /// Length of the head in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// A request head the edge keeps itself: its bytes and where its parts are.
+#[derive(Debug, Clone)]
+pub struct RequestHead {
+    bytes: Bytes,
+    index: HeadIndex,
+}
+
+impl RequestHead {
+    /// `bytes` are exactly the head `index` was taken of (nothing after it).
+    pub fn new(bytes: Bytes, index: HeadIndex) -> RequestHead {
+        RequestHead { bytes, index }
+    }
+
+    /// Parses a complete head (for tests and tools; the edge parses in [`crate::connection`]).
+    pub fn parse(bytes: &[u8]) -> Option<RequestHead> {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut headers);
+        let httparse::Status::Complete(len) = req.parse(bytes).ok()? else {
+            return None;
+        };
+        let index = HeadIndex::of(bytes, &req, len)?;
+        Some(RequestHead::new(
+            Bytes::copy_from_slice(&bytes[..len]),
+            index,
+        ))
+    }
+
+    /// The head's bytes, as the client sent them.
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    fn text(&self, r: &Range<usize>) -> &str {
+        // httparse only yields method, target and names of visible ASCII.
+        std::str::from_utf8(&self.bytes[r.clone()]).unwrap_or("")
+    }
+
+    /// The request target as sent (origin form).
+    pub fn target(&self) -> &str {
+        self.text(&self.index.target)
+    }
+
+    /// Every header, in order, with the name as sent.
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.index
+            .headers
+            .iter()
+            .map(|(n, v)| (self.text(n), &self.bytes[v.clone()]))
+    }
+
+    /// True when the client asked to close the connection after this request.
+    pub fn wants_close(&self) -> bool {
+        self.headers().any(|(n, v)| {
+            n.eq_ignore_ascii_case("connection")
+                && v.split(|&b| b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+        })
+    }
+}
+
+impl RequestView for RequestHead {
+    fn method(&self) -> &str {
+        self.text(&self.index.method)
+    }
+    fn path(&self) -> &str {
+        let t = self.target();
+        t.split_once('?').map_or(t, |(p, _)| p)
+    }
+    fn query(&self) -> Option<&str> {
+        self.target().split_once('?').map(|(_, q)| q)
+    }
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+    fn is_upgrade(&self) -> bool {
+        // Kept heads are HTTP/1.1 ([`crate::forward::eligible`]).
+        self.header("upgrade").is_some()
+    }
+}
+
+/// Hop-by-hop headers of a kept head: the agent connection's own keep-alive is the pool's business.
+const HOP_BY_HOP: [&str; 1] = ["connection"];
+
+/// A header value the edge may write: no control characters but tab (what `HeaderValue` accepts,
+/// minus obs-text, which the edge never produces).
+pub fn valid_value(v: &str) -> bool {
+    v.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
+}
+
+/// The request the agent gets, as bytes: the request line with the edited target, the client's
+/// headers in their order and spelling minus those `edits` drops and the hop-by-hop ones, then
+/// the headers the edge sets. `Err` when a value the edge would set is not a valid header value.
+pub fn write_upstream_request(
+    out: &mut Vec<u8>,
+    head: &RequestHead,
+    edits: &UpstreamEdits,
+) -> Result<(), ()> {
+    if edits.added.iter().any(|(_, v)| !valid_value(v)) {
+        return Err(());
+    }
+    let target = edits.target.as_deref().unwrap_or(head.target());
+    out.extend_from_slice(head.method().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in head.headers() {
+        if HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h)) || edits.drops(name) {
+            continue;
+        }
+        push_header(out, name, value);
+    }
+    for (name, value) in &edits.added {
+        push_header(out, name, value.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(())
+}
+
+/// `name: value\r\n`.
+pub fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(s: &str) -> RequestHead {
+        RequestHead::parse(s.as_bytes()).expect("a complete head")
+    }
+
+    #[test]
+    fn the_view_reads_target_and_headers() {
+        let h = head(
+            "GET /api/x?token=t&a=1 HTTP/1.1\r\nHost: a\r\nX-Thing:  v \r\nx-thing: w\r\n\r\n",
+        );
+        assert_eq!(h.method(), "GET");
+        assert_eq!(h.path(), "/api/x");
+        assert_eq!(h.query(), Some("token=t&a=1"));
+        assert_eq!(h.header("x-thing"), Some(&b"v"[..]), "the first value");
+        assert_eq!(h.header("HOST"), Some(&b"a"[..]));
+        assert_eq!(h.header("origin"), None);
+        assert!(!h.is_upgrade());
+        assert_eq!(h.headers().count(), 3);
+        let plain = head("GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(plain.path(), "/");
+        assert_eq!(plain.query(), None);
+    }
+
+    #[test]
+    fn header_text_must_be_visible_ascii() {
+        let h = RequestHead::parse(b"GET / HTTP/1.1\r\nHost: a\r\nOrigin: http://\xc3\xa9\r\n\r\n")
+            .unwrap();
+        assert!(h.header("origin").is_some());
+        assert_eq!(h.header_str("origin"), None);
+        assert_eq!(h.header_str("host"), Some("a"));
+    }
+
+    #[test]
+    fn connection_close_is_seen_among_tokens() {
+        assert!(head("GET / HTTP/1.1\r\nHost: a\r\nConnection: Close\r\n\r\n").wants_close());
+        assert!(!head("GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\n\r\n").wants_close());
+        assert!(!head("GET / HTTP/1.1\r\nHost: a\r\n\r\n").wants_close());
+    }
+
+    fn edits(target: Option<&str>, added: &[(&'static str, &str)]) -> UpstreamEdits {
+        UpstreamEdits {
+            target: target.map(str::to_string),
+            strip_authorization: true,
+            peer_trusted: false,
+            added: added.iter().map(|(n, v)| (*n, v.to_string())).collect(),
+        }
+    }
+
+    #[test]
+    fn the_upstream_head_keeps_order_and_spelling_and_drops_what_the_edge_owns() {
+        let h = head(
+            "GET /api/x?token=t&a=1 HTTP/1.1\r\nHost: a\r\nAccept: */*\r\nAuthorization: Bearer t\r\n\
+             X-User-Id: 999\r\nx_user_id: 998\r\nX-Forwarded-For: 6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\n\
+             Connection: keep-alive\r\nX-Request-Id: theirs\r\nX-Custom: kept\r\n\r\n",
+        );
+        let e = edits(
+            Some("/api/x?a=1"),
+            &[
+                ("x-user-id", "1"),
+                ("x-request-id", "r-1"),
+                ("x-forwarded-for", "127.0.0.1"),
+            ],
+        );
+        let mut out = Vec::new();
+        write_upstream_request(&mut out, &h, &e).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET /api/x?a=1 HTTP/1.1\r\nHost: a\r\nAccept: */*\r\nX-Custom: kept\r\n\
+             x-user-id: 1\r\nx-request-id: r-1\r\nx-forwarded-for: 127.0.0.1\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn an_unchanged_target_is_forwarded_as_sent() {
+        let h = head("DELETE /api/s/1 HTTP/1.1\r\nHost: a\r\n\r\n");
+        let mut out = Vec::new();
+        write_upstream_request(&mut out, &h, &edits(None, &[])).unwrap();
+        assert_eq!(out, b"DELETE /api/s/1 HTTP/1.1\r\nHost: a\r\n\r\n");
+    }
+
+    #[test]
+    fn a_value_that_would_split_the_head_is_refused() {
+        let h = head("GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        let mut out = Vec::new();
+        let e = edits(None, &[("x-user-name", "a\r\nx-user-admin: true")]);
+        assert!(write_upstream_request(&mut out, &h, &e).is_err());
+    }
+}
