@@ -1,8 +1,10 @@
 //! The lean HTTP path (plain requests without a body, `crate::forward`) through the real binary,
 //! against an in-test HTTP/1 upstream whose wire behaviour each test chooses: agent connections
 //! are pooled across requests, a pooled connection the agent closed is replaced without the client
-//! noticing, a close-delimited HTTP/1.0 answer reaches a kept-alive client whole, `HEAD` answers
-//! carry no body, and requests with a body still go through pingora-proxy.
+//! noticing, a close-delimited HTTP/1.0 answer reaches a kept-alive client whole, a chunked answer
+//! passes through whole and keeps its agent connection, an ambiguous answer is refused, pipelined
+//! requests are answered in order, `Connection: close` is honoured, `HEAD` answers carry no body,
+//! and requests with a body still go through pingora-proxy.
 
 mod common;
 
@@ -23,6 +25,10 @@ enum Mode {
     CloseSilently,
     /// HTTP/1.0 with a body delimited by closing the connection.
     Http10,
+    /// HTTP/1.1, a chunked body with an extension and a trailer, written in two parts.
+    Chunked,
+    /// An answer with both `Transfer-Encoding` and `Content-Length` (a desynchronisation risk).
+    Ambiguous,
 }
 
 /// One request as the upstream read it.
@@ -99,8 +105,28 @@ impl RawUpstream {
             } else {
                 body
             };
+            let s = socket.get_mut();
+            if mode == Mode::Chunked {
+                let first =
+                    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n6;x=1\r\nhello \r\n";
+                let rest = b"5\r\nworld\r\n0\r\nx-checksum: 1\r\n\r\n";
+                if s.write_all(first).await.is_err() || s.flush().await.is_err() {
+                    return;
+                }
+                // Let the first part travel on its own (a body split across reads).
+                tokio::task::yield_now().await;
+                if s.write_all(rest).await.is_err() {
+                    return;
+                }
+                continue;
+            }
             let mut answer = match mode {
                 Mode::Http10 => b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\n".to_vec(),
+                Mode::Ambiguous => format!(
+                    "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: {}\r\n\r\n",
+                    payload.len()
+                )
+                .into_bytes(),
                 _ => format!(
                     "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n",
                     payload.len()
@@ -110,11 +136,10 @@ impl RawUpstream {
             if !is_head {
                 answer.extend_from_slice(&payload);
             }
-            let s = socket.get_mut();
             if s.write_all(&answer).await.is_err() {
                 return;
             }
-            if mode != Mode::KeepAlive {
+            if mode != Mode::KeepAlive && mode != Mode::Ambiguous {
                 let _ = s.shutdown().await;
                 return;
             }
@@ -203,7 +228,7 @@ async fn a_close_delimited_answer_reaches_a_kept_alive_client_whole() {
     }
 }
 
-/// Reads one chunked answer: its head and its decoded body.
+/// Reads one chunked answer: its head and its decoded body (extensions and trailers skipped).
 async fn read_chunked_answer(s: &mut TcpStream) -> (String, String) {
     let mut r = BufReader::new(s);
     let mut head = String::new();
@@ -223,12 +248,21 @@ async fn read_chunked_answer(s: &mut TcpStream) -> (String, String) {
     loop {
         let mut size = String::new();
         r.read_line(&mut size).await.unwrap();
-        let n = usize::from_str_radix(size.trim(), 16).expect("chunk size");
-        let mut chunk = vec![0u8; n + 2];
-        r.read_exact(&mut chunk).await.unwrap();
+        let digits = size.trim().split(';').next().unwrap_or("");
+        let n = usize::from_str_radix(digits, 16).expect("chunk size");
         if n == 0 {
+            // Trailers, up to the empty line.
+            loop {
+                let mut line = String::new();
+                r.read_line(&mut line).await.unwrap();
+                if line == "\r\n" || line.is_empty() {
+                    break;
+                }
+            }
             break;
         }
+        let mut chunk = vec![0u8; n + 2];
+        r.read_exact(&mut chunk).await.unwrap();
         body.push_str(std::str::from_utf8(&chunk[..n]).unwrap());
     }
     (head, body)
@@ -271,4 +305,100 @@ async fn head_answers_have_no_body_and_bodies_still_go_through() {
         .await
         .unwrap();
     assert_eq!(r.text().await.unwrap(), "hello world");
+}
+
+/// Reads one answer with a `Content-Length` body: its head and its body.
+async fn read_sized_answer(r: &mut BufReader<&mut TcpStream>) -> (String, String) {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        tokio::time::timeout(STEP, r.read_line(&mut line))
+            .await
+            .expect("answer in time")
+            .unwrap();
+        assert!(!line.is_empty(), "closed mid-answer: {head}");
+        head.push_str(&line);
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let length = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse::<usize>().ok())?
+        })
+        .expect("a content-length");
+    let mut body = vec![0u8; length];
+    tokio::time::timeout(STEP, r.read_exact(&mut body))
+        .await
+        .expect("body in time")
+        .unwrap();
+    (head, String::from_utf8(body).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chunked_answer_passes_whole_and_its_agent_connection_is_reused() {
+    let (_dir, upstream, proxy, token) = start(Mode::Chunked).await;
+    let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).await.unwrap();
+    for _ in 0..3 {
+        let req = format!("GET /api/c?token={token} HTTP/1.1\r\nHost: x\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let (head, body) = read_chunked_answer(&mut s).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(head.contains("x-request-id: "), "{head}");
+        assert_eq!(body, "hello world");
+    }
+    assert_eq!(upstream.got().len(), 3);
+    assert_eq!(
+        upstream.connections.load(Ordering::SeqCst),
+        1,
+        "the body's end was found, so its connection went back to the pool"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_answer_with_both_lengths_is_refused_not_relayed() {
+    let (_dir, _upstream, proxy, token) = start(Mode::Ambiguous).await;
+    let r = http_client()
+        .get(proxy.url(&format!("/api/x?token={token}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "upstream_unavailable", "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pipelined_requests_are_answered_in_order_and_close_is_honoured() {
+    let (_dir, upstream, proxy, token) = start(Mode::KeepAlive).await;
+    let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).await.unwrap();
+    let both = format!(
+        "GET /api/one?token={token} HTTP/1.1\r\nHost: x\r\n\r\n\
+         GET /api/two?token={token} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(both.as_bytes()).await.unwrap();
+    let mut r = BufReader::new(&mut s);
+    let (first, body) = read_sized_answer(&mut r).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    assert!(
+        !first.to_ascii_lowercase().contains("connection: close"),
+        "{first}"
+    );
+    assert_eq!(body, "hello world");
+    let (second, body) = read_sized_answer(&mut r).await;
+    assert!(second.contains("connection: close\r\n"), "{second}");
+    assert_eq!(body, "hello world");
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(STEP, r.read_to_end(&mut rest))
+        .await
+        .expect("closed in time")
+        .unwrap();
+    assert_eq!(n, 0, "nothing after the last answer, then the end");
+    let got = upstream.got();
+    assert_eq!(got.len(), 2);
+    assert!(got[0].head.starts_with("GET /api/one "), "{}", got[0].head);
+    assert!(got[1].head.starts_with("GET /api/two "), "{}", got[1].head);
 }
