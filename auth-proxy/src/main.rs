@@ -97,13 +97,15 @@ fn main() -> ExitCode {
         ),
         Command::Run => {
             auth_proxy::logging::init(config.log.format);
-            match auth_proxy::server::run(config, cli.config) {
+            let code = match auth_proxy::server::run(config, cli.config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");
                     ExitCode::FAILURE
                 }
-            }
+            };
+            auth_proxy::logging::flush();
+            code
         }
     }
 }

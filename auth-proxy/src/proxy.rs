@@ -375,7 +375,7 @@ impl Edge {
         self.count_recent(ctx);
         info!(
             target: "access",
-            method,
+            method = %method,
             path,
             status,
             outcome = ctx.outcome,

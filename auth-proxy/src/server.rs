@@ -141,6 +141,7 @@ fn exit_when_idle(state: Arc<AppState>) {
                         after_ms = started.elapsed().as_millis() as u64,
                         "drained: no open requests or tunnels"
                     );
+                    crate::logging::flush();
                     std::process::exit(0);
                 }
             } else {

@@ -319,7 +319,7 @@ async fn bad_inputs_are_refused_before_the_upstream() {
         );
     }
     // Nothing the client sent as a token shows up in the logs.
-    let log = proxy.output();
+    let log = proxy.output_with("malformed or invalid token").await;
     assert!(!log.contains("eyJ"), "a token reached the log:\n{log}");
     assert!(!log.contains(TEST_JWT_SECRET));
     assert!(
@@ -550,7 +550,10 @@ async fn no_token_or_secret_in_the_logs() {
         .send()
         .await
         .unwrap();
-    let log = proxy.output();
+    proxy
+        .output_with(r#"path="/ws/b" status=401 outcome="unknown_user""#)
+        .await;
+    let log = proxy.output_with(r#"path="/api/x" status=200"#).await;
     for secret in [
         good.as_str(),
         unknown.as_str(),

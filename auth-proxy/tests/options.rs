@@ -46,8 +46,7 @@ async fn forward_credentials_passes_the_token_on_and_warns_without_logging_it() 
     assert_eq!(seen.headers["x-user-id"].len(), 1);
     assert_eq!(seen.header("x-user-name"), Some("grace"));
 
-    let log = proxy.output();
-    assert!(log.contains("forward_credentials is on"), "{log}");
+    let log = proxy.output_with("forward_credentials is on").await;
     assert!(
         !log.contains(&token),
         "the token must not be logged:\n{log}"

@@ -268,6 +268,20 @@ impl Proxy {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The output once it contains `needle` (the proxy writes its log from a thread of its own,
+    /// so a line can land just after the answer that caused it); fails after [`STEP`].
+    pub async fn output_with(&self, needle: &str) -> String {
+        let deadline = Instant::now() + STEP;
+        loop {
+            let out = self.output();
+            if out.contains(needle) {
+                return out;
+            }
+            assert!(Instant::now() < deadline, "{needle:?} never logged:\n{out}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn url(&self, path_and_query: &str) -> String {
         format!("http://127.0.0.1:{}{path_and_query}", self.port)
     }
