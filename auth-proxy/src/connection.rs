@@ -37,6 +37,7 @@ use crate::head::{HeadIndex, RequestHead};
 use crate::proxy::Edge;
 use crate::routes::Route;
 use crate::state::AppState;
+use crate::tunnel::Client;
 
 /// Largest request head accepted (request line and headers).
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -78,12 +79,12 @@ impl EdgeApp {
 /// What reading a request head gave.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Head {
-    /// A whole head (and perhaps bytes after it) for the given route; `lean` (where its parts
-    /// are) when the lean path may serve it.
+    /// A whole head (and perhaps bytes after it) for the given route; `own` (where its parts
+    /// are) when the edge's own codec serves it (see [`Parsed::Complete`]).
     Complete {
         bytes: BytesMut,
         route: Route,
-        lean: Option<HeadIndex>,
+        own: Option<HeadIndex>,
     },
     /// Bytes httparse refuses: pingora's parser (more lenient on request lines) gets them.
     Unparsed(BytesMut),
@@ -98,11 +99,12 @@ pub enum Head {
 /// What the bytes read so far hold.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Parsed {
-    /// A whole head for this route; `lean` (where its parts are) when
-    /// [`crate::forward::eligible`].
+    /// A whole head for this route; `own` (where its parts are) when the edge's own codec
+    /// serves it: the lean path ([`crate::forward::eligible`]) or the WebSocket endpoint
+    /// ([`crate::tunnel::own_handshake`]).
     Complete {
         route: Route,
-        lean: Option<HeadIndex>,
+        own: Option<HeadIndex>,
     },
     /// A whole head httparse refuses.
     Unparsed,
@@ -117,10 +119,12 @@ pub fn parse_head(bytes: &[u8], routes: &crate::routes::Routes) -> Option<Parsed
             let target = req.path.unwrap_or("/");
             let path = target.split_once('?').map_or(target, |(p, _)| p);
             let route = routes.classify(path);
-            let lean = (route != Route::WebSocket && crate::forward::eligible(&req))
-                .then(|| HeadIndex::of(bytes, &req, len))
-                .flatten();
-            Some(Parsed::Complete { route, lean })
+            let own = match route {
+                Route::WebSocket => crate::tunnel::own_handshake(&req),
+                _ => crate::forward::eligible(&req),
+            };
+            let own = own.then(|| HeadIndex::of(bytes, &req, len)).flatten();
+            Some(Parsed::Complete { route, own })
         }
         Ok(httparse::Status::Partial) => None,
         Err(_) => head_ended(bytes).then_some(Parsed::Unparsed),
@@ -167,7 +171,7 @@ async fn read_head(
     let deadline = if fresh { accepted } else { Instant::now() } + header_timeout;
     loop {
         match parse_head(&bytes, routes) {
-            Some(Parsed::Complete { route, lean }) => return Head::Complete { bytes, route, lean },
+            Some(Parsed::Complete { route, own }) => return Head::Complete { bytes, route, own },
             Some(Parsed::Unparsed) => return Head::Unparsed(bytes),
             None => {}
         }
@@ -187,7 +191,8 @@ async fn read_head(
 
 /// Who serves a request.
 enum Path {
-    Tunnel,
+    /// The WebSocket endpoint; the head's parts when the edge's own codec reads it.
+    Tunnel(Option<HeadIndex>),
     Lean(HeadIndex),
     Proxy,
 }
@@ -230,7 +235,8 @@ async fn answer_and_close(
     .await;
 }
 
-fn peer_ip(stream: &Stream) -> Option<IpAddr> {
+/// The client's address as the socket gives it.
+pub(crate) fn peer_ip(stream: &Stream) -> Option<IpAddr> {
     stream
         .get_socket_digest()
         .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
@@ -296,11 +302,11 @@ impl ServerApp for EdgeApp {
                 Head::Complete {
                     bytes,
                     route: Route::WebSocket,
-                    ..
-                } => (bytes, Path::Tunnel),
+                    own,
+                } => (bytes, Path::Tunnel(own)),
                 Head::Complete {
                     bytes,
-                    lean: Some(index),
+                    own: Some(index),
                     ..
                 } => (bytes, Path::Lean(index)),
                 Head::Complete { bytes, .. } | Head::Unparsed(bytes) => (bytes, Path::Proxy),
@@ -348,7 +354,15 @@ impl ServerApp for EdgeApp {
                     fresh = false;
                     continue;
                 }
-                Path::Tunnel => true,
+                Path::Tunnel(Some(index)) => {
+                    // The connection ends with the tunnel: nothing after the head is kept.
+                    let head = RequestHead::new(bytes.split_to(index.len()).freeze(), index);
+                    let client = Client::Head { stream, head };
+                    let serve = crate::tunnel::serve(&self.state, &self.edge, client, ticket);
+                    Box::pin(serve).await;
+                    return None;
+                }
+                Path::Tunnel(None) => true,
                 Path::Proxy => false,
             };
             let mut session = ServerSession::new_http1(stream);
@@ -358,7 +372,8 @@ impl ServerApp for EdgeApp {
             }
             session.set_pipelined_prefix(bytes);
             if tunnel {
-                let serve = crate::tunnel::serve(&self.state, &self.edge, session, ticket);
+                let client = Client::Session(Box::new(session));
+                let serve = crate::tunnel::serve(&self.state, &self.edge, client, ticket);
                 Box::pin(serve).await;
                 return None;
             }
@@ -391,12 +406,21 @@ mod tests {
         let partial = BytesMut::from(&b"GET /ws/a?token=x HTTP/1.1\r\nHost: a\r\n"[..]);
         assert_eq!(parse_head(&partial, &r), None);
         let ws = BytesMut::from(&b"GET /ws/a?token=x HTTP/1.1\r\nHost: a\r\n\r\n"[..]);
-        assert_eq!(
+        assert!(matches!(
             parse_head(&ws, &r),
             Some(Parsed::Complete {
                 route: Route::WebSocket,
-                lean: None
+                own: Some(_)
             })
+        ));
+        let post = BytesMut::from(&b"POST /ws/a HTTP/1.1\r\nHost: a\r\n\r\n"[..]);
+        assert_eq!(
+            parse_head(&post, &r),
+            Some(Parsed::Complete {
+                route: Route::WebSocket,
+                own: None
+            }),
+            "pingora reads (and refuses) what is no handshake"
         );
         let api =
             BytesMut::from(&b"POST /api/x HTTP/1.1\r\nHost: a\r\ncontent-length: 3\r\n\r\nabc"[..]);
@@ -404,13 +428,13 @@ mod tests {
             parse_head(&api, &r),
             Some(Parsed::Complete {
                 route: Route::Api,
-                lean: None
+                own: None
             })
         );
         let get = BytesMut::from(&b"GET /api/x?token=t HTTP/1.1\r\nHost: a\r\n\r\n"[..]);
         let Some(Parsed::Complete {
             route: Route::Api,
-            lean: Some(index),
+            own: Some(index),
         }) = parse_head(&get, &r)
         else {
             panic!("a lean head");

@@ -33,6 +33,7 @@ use tracing::warn;
 use crate::answer::{
     parse_answer, push_chunk, Answer, BadAnswer, Chunked, ClientSide, Framing, Parsed, LAST_CHUNK,
 };
+use crate::connection::peer_ip;
 use crate::head::{write_upstream_request, RequestHead, RequestView};
 use crate::proxy::{respond_json, Edge, RequestCtx, CONNECT_TIMEOUT};
 use crate::reject::Reject;
@@ -52,12 +53,7 @@ pub fn eligible(req: &httparse::Request) -> bool {
     if req.version != Some(1) || !matches!(req.method, Some("GET" | "HEAD" | "DELETE")) {
         return false;
     }
-    // Origin form, and a target pingora's own parser (`http::Uri`) would take as it is: the
-    // decision must see the same path on both paths.
-    let origin_form = |p: &str| {
-        p.starts_with('/') && !p.contains('#') && http::uri::PathAndQuery::try_from(p).is_ok()
-    };
-    if !req.path.is_some_and(origin_form) {
+    if !req.path.is_some_and(crate::head::origin_form) {
         return false;
     }
     let mut hosts = 0;
@@ -181,7 +177,8 @@ impl Forwarder {
     ) -> (u16, Option<Stream>) {
         let edits = edge.upstream_edits(head.method(), head.path(), head.query(), ctx);
         let mut wire = Vec::with_capacity(head.bytes().len() + 512);
-        if write_upstream_request(&mut wire, head, &edits).is_err() {
+        // Hop-by-hop: the agent connection's own keep-alive is the pool's business.
+        if write_upstream_request(&mut wire, head, &edits, &["connection"]).is_err() {
             let body = ErrorBody::new("bad_request", "The request could not be parsed.").to_json();
             ctx.outcome = "error";
             return (refuse(client, head, ctx, 400, body, None).await, None);
@@ -415,12 +412,6 @@ async fn refuse(
         return 0;
     }
     respond_json(&mut session, ctx, status, body, reject).await
-}
-
-fn peer_ip(stream: &Stream) -> Option<std::net::IpAddr> {
-    stream
-        .get_socket_digest()
-        .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
 }
 
 #[cfg(test)]

@@ -173,8 +173,17 @@ impl RequestView for RequestHead {
     }
 }
 
-/// Hop-by-hop headers of a kept head: the agent connection's own keep-alive is the pool's business.
-const HOP_BY_HOP: [&str; 1] = ["connection"];
+/// True for a request target in origin form that pingora's own parser (`http::Uri`) would take as
+/// it is, without a fragment: the decision must see the same path whichever codec parsed it.
+pub fn origin_form(target: &str) -> bool {
+    target.starts_with('/')
+        && !target.contains('#')
+        && http::uri::PathAndQuery::try_from(target).is_ok()
+}
+
+/// A header the edge would set has a value no header may carry (its name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InvalidValue(pub &'static str);
 
 /// A header value the edge may write: no control characters but tab (what `HeaderValue` accepts,
 /// minus obs-text, which the edge never produces).
@@ -183,15 +192,16 @@ pub fn valid_value(v: &str) -> bool {
 }
 
 /// The request the agent gets, as bytes: the request line with the edited target, the client's
-/// headers in their order and spelling minus those `edits` drops and the hop-by-hop ones, then
+/// headers in their order and spelling minus those `edits` drops and the `hop_by_hop` ones, then
 /// the headers the edge sets. `Err` when a value the edge would set is not a valid header value.
 pub fn write_upstream_request(
     out: &mut Vec<u8>,
     head: &RequestHead,
     edits: &UpstreamEdits,
-) -> Result<(), ()> {
-    if edits.added.iter().any(|(_, v)| !valid_value(v)) {
-        return Err(());
+    hop_by_hop: &[&str],
+) -> Result<(), InvalidValue> {
+    if let Some((name, _)) = edits.added.iter().find(|(_, v)| !valid_value(v)) {
+        return Err(InvalidValue(name));
     }
     let target = edits.target.as_deref().unwrap_or(head.target());
     out.extend_from_slice(head.method().as_bytes());
@@ -199,7 +209,7 @@ pub fn write_upstream_request(
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in head.headers() {
-        if HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h)) || edits.drops(name) {
+        if hop_by_hop.iter().any(|h| name.eq_ignore_ascii_case(h)) || edits.drops(name) {
             continue;
         }
         push_header(out, name, value);
@@ -286,7 +296,7 @@ mod tests {
             ],
         );
         let mut out = Vec::new();
-        write_upstream_request(&mut out, &h, &e).unwrap();
+        write_upstream_request(&mut out, &h, &e, &["connection"]).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "GET /api/x?a=1 HTTP/1.1\r\nHost: a\r\nAccept: */*\r\nX-Custom: kept\r\n\
@@ -298,7 +308,7 @@ mod tests {
     fn an_unchanged_target_is_forwarded_as_sent() {
         let h = head("DELETE /api/s/1 HTTP/1.1\r\nHost: a\r\n\r\n");
         let mut out = Vec::new();
-        write_upstream_request(&mut out, &h, &edits(None, &[])).unwrap();
+        write_upstream_request(&mut out, &h, &edits(None, &[]), &["connection"]).unwrap();
         assert_eq!(out, b"DELETE /api/s/1 HTTP/1.1\r\nHost: a\r\n\r\n");
     }
 
@@ -307,6 +317,6 @@ mod tests {
         let h = head("GET / HTTP/1.1\r\nHost: a\r\n\r\n");
         let mut out = Vec::new();
         let e = edits(None, &[("x-user-name", "a\r\nx-user-admin: true")]);
-        assert!(write_upstream_request(&mut out, &h, &e).is_err());
+        assert!(write_upstream_request(&mut out, &h, &e, &[]).is_err());
     }
 }

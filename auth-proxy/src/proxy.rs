@@ -389,9 +389,9 @@ impl Edge {
     }
 
     /// Request id, client IP and route class.
-    pub(crate) fn identify_request(
+    pub(crate) fn identify_request<R: RequestView + ?Sized>(
         &self,
-        req: &impl RequestView,
+        req: &R,
         peer: Option<IpAddr>,
         ctx: &mut RequestCtx,
     ) {
@@ -439,9 +439,9 @@ impl Edge {
 
     /// The edge's decision on a request, before any upstream contact: `Ok` forwards it (public, or
     /// authenticated with `ctx.user` set), `Err` is the answer to give instead. Counts the decision.
-    pub(crate) async fn decide(
+    pub(crate) async fn decide<R: RequestView + Sync + ?Sized>(
         &self,
-        req: &(impl RequestView + Sync),
+        req: &R,
         ctx: &mut RequestCtx,
     ) -> std::result::Result<(), Reject> {
         if routes::check_raw_path(req.path()).is_err() {
@@ -485,9 +485,9 @@ impl Edge {
 
     /// Token, JWT, revocation, user row, admin and upgrade checks, in that order. The throttle
     /// only turns a failure into 429: a token that verifies for a known user is never refused by it.
-    async fn authenticate(
+    async fn authenticate<R: RequestView + Sync + ?Sized>(
         &self,
-        req: &(impl RequestView + Sync),
+        req: &R,
         ctx: &RequestCtx,
     ) -> std::result::Result<(User, TokenFacts), Reject> {
         let s = &self.state;

@@ -19,6 +19,7 @@ use bytes::{Bytes, BytesMut};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::v1::client::http_req_header_to_wire;
 use pingora::protocols::http::ServerSession;
+use pingora::protocols::Stream;
 use shared::error_body::ErrorBody;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -26,6 +27,8 @@ use tokio::time::timeout;
 use tracing::{info, warn};
 
 use crate::admission::Ticket;
+use crate::connection::peer_ip;
+use crate::head::{write_upstream_request, RequestHead, RequestView};
 use crate::proxy::{
     answer_then_close, insert_cors, respond_json, start_request, Edge, RequestCtx, CONNECT_TIMEOUT,
 };
@@ -62,16 +65,138 @@ impl Default for WebSocketConfig {
     }
 }
 
+/// The client side of a handshake: the request as read, and its connection.
+pub enum Client {
+    /// A head the edge parsed itself ([`own_handshake`]): the upstream handshake is written
+    /// straight from its bytes.
+    Head { stream: Stream, head: RequestHead },
+    /// Anything else, parsed by pingora's HTTP/1 codec.
+    Session(Box<ServerSession>),
+}
+
+/// True when the edge's own codec may read a handshake head: HTTP/1.1 `GET` in origin form (a
+/// target `http::Uri` accepts), exactly one `Host`, no body. Anything else is parsed by pingora
+/// (and refused there when it is no handshake).
+pub fn own_handshake(req: &httparse::Request) -> bool {
+    if req.version != Some(1) || req.method != Some("GET") {
+        return false;
+    }
+    if !req.path.is_some_and(crate::head::origin_form) {
+        return false;
+    }
+    let mut hosts = 0;
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("host") {
+            hosts += 1;
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding")
+            || (h.name.eq_ignore_ascii_case("content-length") && h.value.trim_ascii() != b"0")
+        {
+            return false;
+        }
+    }
+    hosts == 1
+}
+
+impl Client {
+    /// What the decision reads of the request.
+    fn request(&self) -> &(dyn RequestView + Sync) {
+        match self {
+            Client::Head { head, .. } => head,
+            Client::Session(session) => session.req_header(),
+        }
+    }
+
+    /// The handshake the agent gets: hop-by-hop headers and any the client named in `Connection`
+    /// removed, the edge's edits applied ([`Edge::upstream_edits`]), then `Connection: Upgrade`
+    /// and `Upgrade: websocket` (the only upgrade forwarded). `None` when it cannot be written.
+    fn upstream_handshake(&self, edge: &Edge, ctx: &RequestCtx) -> Option<Vec<u8>> {
+        match self {
+            Client::Head { head, .. } => {
+                let mut edits = edge.upstream_edits(head.method(), head.path(), head.query(), ctx);
+                edits.added.push(("connection", "Upgrade".into()));
+                edits.added.push(("upgrade", "websocket".into()));
+                let nominated = nominated(head.headers().filter_map(|(n, v)| {
+                    n.eq_ignore_ascii_case("connection")
+                        .then(|| std::str::from_utf8(v).ok())
+                        .flatten()
+                }));
+                let mut drop: Vec<&str> = UPGRADE_HOP_BY_HOP.to_vec();
+                drop.extend(nominated.iter().map(String::as_str));
+                let mut wire = Vec::with_capacity(head.bytes().len() + 512);
+                write_upstream_request(&mut wire, head, &edits, &drop).ok()?;
+                Some(wire)
+            }
+            Client::Session(session) => {
+                let mut request = session.req_header().clone();
+                let method = request.method.clone();
+                upgrade_request(&mut request).ok()?;
+                edge.prepare_upstream_request(&mut request, &method, ctx)
+                    .ok()?;
+                http_req_header_to_wire(&request).map(|b| b.to_vec())
+            }
+        }
+    }
+
+    /// pingora's HTTP session of this connection, for the edge's own answers (refusals, errors).
+    async fn into_session(self) -> Option<ServerSession> {
+        match self {
+            Client::Session(session) => Some(*session),
+            Client::Head { stream, head } => {
+                let mut session = ServerSession::new_http1(stream);
+                session.set_pipelined_prefix(BytesMut::from(&head.bytes()[..]));
+                session.set_keepalive(None);
+                matches!(session.read_request().await, Ok(true)).then_some(session)
+            }
+        }
+    }
+
+    /// The raw connection (nothing is buffered in a session: it has only parsed the head).
+    fn into_stream(self) -> Option<Stream> {
+        match self {
+            Client::Head { stream, .. } => Some(stream),
+            Client::Session(session) => match *session {
+                ServerSession::H1(s) => Some(s.into_inner()),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// Headers hop-by-hop for a WebSocket handshake (RFC 9110 section 7.6.1, plus `Upgrade`, which
+/// the edge sets itself).
+const UPGRADE_HOP_BY_HOP: [&str; 10] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "http2-settings",
+];
+
+/// Header names a request's `Connection` values nominate as hop-by-hop (lower case), except
+/// `Host`, `Upgrade` and `Connection` themselves.
+fn nominated<'a>(values: impl Iterator<Item = &'a str>) -> Vec<String> {
+    values
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty() && !matches!(t.as_str(), "host" | "upgrade" | "connection"))
+        .collect()
+}
+
 /// Serves one request on the WebSocket endpoint; the connection ends with it.
 ///
-/// The handshake runs in a boxed future of its own (pingora's HTTP session, the decision, the
-/// agent's answer: ~6 KiB), freed when it ends. An established tunnel is then relayed by a task of
-/// its own, which takes the connection's admission `ticket` along: the connection's task (pingora's
+/// The handshake runs in a boxed future of its own (the request, the decision, the agent's
+/// answer: a few KiB), freed when it ends. An established tunnel is then relayed by a task of its
+/// own, which takes the connection's admission `ticket` along: the connection's task (pingora's
 /// accept future and the connection loop) ends here, so an open tunnel holds only the relay's small
 /// state for its whole life.
-pub async fn serve(state: &Arc<AppState>, edge: &Edge, session: ServerSession, ticket: Ticket) {
+pub async fn serve(state: &Arc<AppState>, edge: &Edge, client: Client, ticket: Ticket) {
     // A statement of its own: the handshake's box is dropped at its end.
-    let established = Box::pin(handshake(state, edge, session)).await;
+    let established = Box::pin(handshake(state, edge, client)).await;
     if let Some(established) = established {
         let state = state.clone();
         tokio::spawn(async move {
@@ -82,21 +207,30 @@ pub async fn serve(state: &Arc<AppState>, edge: &Edge, session: ServerSession, t
     }
 }
 
+/// Starts a request: in flight, request id, client IP, route. `None` when no request came.
+async fn start(edge: &Edge, client: &mut Client) -> Option<RequestCtx> {
+    match client {
+        Client::Session(session) => start_request(edge, session).await,
+        Client::Head { stream, head } => {
+            let mut ctx = RequestCtx::new();
+            edge.begin(&mut ctx);
+            edge.identify_request(head, peer_ip(stream), &mut ctx);
+            Some(ctx)
+        }
+    }
+}
+
 /// The handshake: the decision, the agent's answer, and on a 101 that answer written to the client.
 /// `None` when it ended without a tunnel (answered and logged here).
-async fn handshake(
-    state: &Arc<AppState>,
-    edge: &Edge,
-    mut session: ServerSession,
-) -> Option<Established> {
-    let mut ctx = start_request(edge, &mut session).await?;
-    let method = session.req_header().method.clone();
-    let path = session.req_header().uri.path().to_string();
+async fn handshake(state: &Arc<AppState>, edge: &Edge, mut client: Client) -> Option<Established> {
+    let mut ctx = start(edge, &mut client).await?;
+    let method = http::Method::from_bytes(client.request().method().as_bytes()).ok()?;
+    let path = client.request().path().to_string();
     // Boxed: the decision's future (cache, database) is large and is not kept for the tunnel's life.
-    let decided = Box::pin(edge.decide(session.req_header(), &mut ctx)).await;
-    let status = match decided {
-        Err(reject) => refuse(state, &mut session, &mut ctx, reject).await,
-        Ok(()) => match Box::pin(open(state, edge, &mut session, &mut ctx)).await {
+    let decided = Box::pin(edge.decide(client.request(), &mut ctx)).await;
+    let answered = match decided {
+        Err(reject) => Answer::Refuse(reject),
+        Ok(()) => match Box::pin(open(state, edge, &client, &mut ctx)).await {
             Opened::Tunnel {
                 upstream,
                 head,
@@ -109,10 +243,10 @@ async fn handshake(
                     method,
                     path,
                 };
-                return established(edge, session, tunnel, ctx).await;
+                return established(edge, client.into_stream(), tunnel, ctx).await;
             }
             Opened::Refused { status, head, body } => {
-                if let Some(mut client) = into_stream(session) {
+                if let Some(mut client) = client.into_stream() {
                     let _ = timeout(HANDSHAKE_TIMEOUT, async {
                         client.write_all(&head).await?;
                         client.write_all(&body).await?;
@@ -124,12 +258,53 @@ async fn handshake(
                 edge.finish_request(method.as_str(), &path, status, &mut ctx);
                 return None;
             }
-            Opened::Answered(status) => status,
+            Opened::Failed(error) => Answer::Unreachable(error),
+            Opened::Unwritable => Answer::BadRequest,
         },
     };
-    finish(session).await;
+    let status = match client.into_session().await {
+        Some(mut session) => {
+            let status = answer(state, &mut session, &mut ctx, answered).await;
+            finish(session).await;
+            status
+        }
+        None => 0,
+    };
     edge.finish_request(method.as_str(), &path, status, &mut ctx);
     None
+}
+
+/// The edge's own answer to a handshake that does not become a tunnel.
+enum Answer {
+    Refuse(Reject),
+    /// The agent could not be reached (why).
+    Unreachable(String),
+    /// The upstream handshake could not be written.
+    BadRequest,
+}
+
+/// Gives the edge's own answer; returns its status (0 when nothing could be written).
+async fn answer(
+    state: &AppState,
+    session: &mut ServerSession,
+    ctx: &mut RequestCtx,
+    answer: Answer,
+) -> u16 {
+    match answer {
+        Answer::Refuse(reject) => refuse(state, session, ctx, reject).await,
+        Answer::Unreachable(error) => {
+            state.metrics.upstream_errors.inc();
+            warn!(request_id = %ctx.request_id, error, "upstream unreachable");
+            ctx.outcome = "upstream_unavailable";
+            let r = Reject::UpstreamUnavailable;
+            respond_json(session, ctx, r.status(), r.body(), None).await
+        }
+        Answer::BadRequest => {
+            let body = ErrorBody::new("bad_request", "The request could not be parsed.").to_json();
+            ctx.outcome = "error";
+            respond_json(session, ctx, 400, body, None).await
+        }
+    }
 }
 
 /// What became of the handshake with the agent.
@@ -147,8 +322,10 @@ enum Opened {
         head: Vec<u8>,
         body: Vec<u8>,
     },
-    /// The edge answered the client itself with this status.
-    Answered(u16),
+    /// The agent could not be reached or did not answer (why).
+    Failed(String),
+    /// The handshake for the agent could not be written.
+    Unwritable,
 }
 
 /// An accepted handshake, ready to relay.
@@ -160,54 +337,26 @@ struct Tunnel {
     path: String,
 }
 
-/// The client's socket out of its HTTP session (nothing is buffered in it: the session has
-/// only parsed the head it was given).
-fn into_stream(session: ServerSession) -> Option<pingora::protocols::Stream> {
-    match session {
-        ServerSession::H1(s) => Some(s.into_inner()),
-        _ => None,
-    }
-}
-
 /// Connects the agent and forwards the handshake; on a 101, its answer is passed to the client
 /// by [`run`].
-async fn open(
-    state: &AppState,
-    edge: &Edge,
-    session: &mut ServerSession,
-    ctx: &mut RequestCtx,
-) -> Opened {
+async fn open(state: &AppState, edge: &Edge, client: &Client, ctx: &mut RequestCtx) -> Opened {
+    let Some(wire) = client.upstream_handshake(edge, ctx) else {
+        return Opened::Unwritable;
+    };
     let mut upstream = match timeout(CONNECT_TIMEOUT, TcpStream::connect(state.upstream)).await {
         Ok(Ok(s)) => s,
-        other => {
-            let error = match other {
-                Ok(Err(e)) => e.kind().to_string(),
-                _ => "connect timeout".into(),
-            };
-            return upstream_failed(state, session, ctx, &error).await;
-        }
+        Ok(Err(e)) => return Opened::Failed(e.kind().to_string()),
+        Err(_) => return Opened::Failed("connect timeout".into()),
     };
     let _ = upstream.set_nodelay(true);
-    let mut request = session.req_header().clone();
-    let method = request.method.clone();
-    let prepared = upgrade_request(&mut request)
-        .and_then(|()| edge.prepare_upstream_request(&mut request, &method, ctx));
-    let Some(wire) = prepared
-        .ok()
-        .and_then(|()| http_req_header_to_wire(&request))
-    else {
-        let body = ErrorBody::new("bad_request", "The request could not be parsed.").to_json();
-        ctx.outcome = "error";
-        return Opened::Answered(respond_json(session, ctx, 400, body, None).await);
-    };
     if let Err(e) = upstream.write_all(&wire).await {
-        return upstream_failed(state, session, ctx, &e.kind().to_string()).await;
+        return Opened::Failed(e.kind().to_string());
     }
     let (head_len, status, bytes) =
         match timeout(HANDSHAKE_TIMEOUT, read_response_head(&mut upstream)).await {
             Ok(Ok(r)) => r,
-            Ok(Err(e)) => return upstream_failed(state, session, ctx, &e).await,
-            Err(_) => return upstream_failed(state, session, ctx, "handshake timeout").await,
+            Ok(Err(e)) => return Opened::Failed(e),
+            Err(_) => return Opened::Failed("handshake timeout".into()),
         };
     ctx.responded = Some(ctx.started.elapsed());
     let head = with_request_id(&bytes[..head_len], &ctx.request_id);
@@ -235,22 +384,9 @@ async fn open(
     Opened::Refused { status, head, body }
 }
 
-async fn upstream_failed(
-    state: &AppState,
-    session: &mut ServerSession,
-    ctx: &mut RequestCtx,
-    error: &str,
-) -> Opened {
-    state.metrics.upstream_errors.inc();
-    warn!(request_id = %ctx.request_id, error, "upstream unreachable");
-    ctx.outcome = "upstream_unavailable";
-    let r = Reject::UpstreamUnavailable;
-    Opened::Answered(respond_json(session, ctx, r.status(), r.body(), None).await)
-}
-
 /// A tunnel ready to relay: the agent's 101 has reached the client.
 struct Established {
-    client: pingora::protocols::Stream,
+    client: Stream,
     upstream: TcpStream,
     /// What the agent sent after its 101, still to be passed to the client.
     rest: Vec<u8>,
@@ -262,7 +398,7 @@ struct Established {
 /// Writes the agent's 101 to the client; `None` (logged) when the client is gone.
 async fn established(
     edge: &Edge,
-    session: ServerSession,
+    client: Option<Stream>,
     t: Tunnel,
     mut ctx: RequestCtx,
 ) -> Option<Established> {
@@ -273,7 +409,10 @@ async fn established(
         method,
         path,
     } = t;
-    let mut client = into_stream(session)?;
+    let Some(mut client) = client else {
+        edge.finish_request(method.as_str(), &path, 0, &mut ctx);
+        return None;
+    };
     let written = timeout(HANDSHAKE_TIMEOUT, async {
         client.write_all(&head).await?;
         client.flush().await
@@ -418,7 +557,7 @@ pub async fn accept_and_close(
     else {
         return Err(std::io::ErrorKind::InvalidInput.into());
     };
-    let Some(mut client) = into_stream(session) else {
+    let Some(mut client) = Client::Session(Box::new(session)).into_stream() else {
         return Err(std::io::ErrorKind::Unsupported.into());
     };
     let head = format!(
@@ -454,30 +593,9 @@ pub async fn accept_and_close(
 /// `Connection` removed, then `Connection: Upgrade` and `Upgrade: websocket` (the only upgrade
 /// forwarded). The same policy pingora-proxy applies to the plain HTTP path.
 pub fn upgrade_request(req: &mut RequestHeader) -> pingora::Result<()> {
-    let nominated: Vec<String> = req
-        .headers
-        .get_all("connection")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty() && !matches!(t.as_str(), "host" | "upgrade" | "connection"))
-        .collect();
-    for name in nominated {
-        req.remove_header(&name);
-    }
-    for name in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "http2-settings",
-    ] {
+    let connection = req.headers.get_all("connection");
+    let named = nominated(connection.iter().filter_map(|v| v.to_str().ok()));
+    for name in named.iter().map(String::as_str).chain(UPGRADE_HOP_BY_HOP) {
         req.remove_header(name);
     }
     req.insert_header("connection", "Upgrade")?;
@@ -586,6 +704,41 @@ mod tests {
         assert_eq!(req.headers.get("connection").unwrap(), "Upgrade");
         assert_eq!(req.headers.get("upgrade").unwrap(), "websocket");
         assert_eq!(req.headers.get("sec-websocket-key").unwrap(), "abc");
+    }
+
+    fn own(head: &str) -> bool {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut req = httparse::Request::new(&mut headers);
+        assert!(req.parse(head.as_bytes()).unwrap().is_complete(), "{head}");
+        own_handshake(&req)
+    }
+
+    #[test]
+    fn plain_handshakes_are_read_by_the_edge_and_the_rest_by_pingora() {
+        assert!(own(
+            "GET /ws/a?token=t HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+        ));
+        assert!(own(
+            "GET /ws/a HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n"
+        ));
+        for head in [
+            "POST /ws/a HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET /ws/a HTTP/1.0\r\nHost: a\r\n\r\n",
+            "GET /ws/a HTTP/1.1\r\n\r\n",
+            "GET /ws/a HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "GET http://a/ws/a HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET /ws/a#f HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET /ws/a HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\n",
+            "GET /ws/a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            assert!(!own(head), "{head}");
+        }
+    }
+
+    #[test]
+    fn connection_nominates_hop_by_hop_headers_but_not_the_upgrade_itself() {
+        let named = nominated(["keep-alive, Upgrade, X-Secret", " host ,, connection"].into_iter());
+        assert_eq!(named, vec!["keep-alive", "x-secret"]);
     }
 
     #[test]

@@ -365,6 +365,37 @@ async fn spoofed_identity_headers_never_reach_the_upstream() {
         "{seen:?}"
     );
 
+    // Headers the client names in Connection, and hop-by-hop ones, are not forwarded (a raw
+    // handshake: client libraries write their own Connection header).
+    let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", proxy.port))
+        .await
+        .unwrap();
+    let handshake = format!(
+        "GET /ws/c3?token={token}&a=1 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+         Connection: keep-alive, Upgrade, X-Secret\r\nX-Secret: s\r\nKeep-Alive: timeout=5\r\n\
+         X-Kept: k\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut raw, handshake.as_bytes())
+        .await
+        .unwrap();
+    let mut answer = [0u8; 12];
+    tokio::time::timeout(
+        STEP,
+        tokio::io::AsyncReadExt::read_exact(&mut raw, &mut answer),
+    )
+    .await
+    .expect("answered in time")
+    .unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 101");
+    let seen = upstream.last();
+    assert_eq!(seen.uri, "/ws/c3?a=1", "the token is stripped");
+    assert!(seen.header("x-secret").is_none(), "{seen:?}");
+    assert!(seen.header("keep-alive").is_none(), "{seen:?}");
+    assert_eq!(seen.header("x-kept"), Some("k"));
+    assert_eq!(seen.header("connection"), Some("Upgrade"));
+    assert_eq!(seen.header("upgrade"), Some("websocket"));
+    assert_identity(&seen, "2", "grace", "false");
+
     // Public routes are forwarded without identity, and spoofed headers are stripped there too.
     let r = http_client()
         .get(proxy.url("/health"))
