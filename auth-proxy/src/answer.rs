@@ -102,7 +102,7 @@ pub fn parse_answer(bytes: &[u8], client: &ClientSide) -> Result<Parsed, BadAnsw
         } else {
             facts.keep_alive
         };
-    let client_head = client_head(&resp, framing, &facts, client);
+    let client_head = client_head(&resp, head_len, framing, &facts, client);
     Ok(Parsed::Final(Answer {
         status,
         head_len,
@@ -201,11 +201,14 @@ fn dropped(name: &str, f: &Facts, client: &ClientSide) -> bool {
 
 fn client_head(
     resp: &httparse::Response,
+    head_len: usize,
     framing: Framing,
     f: &Facts,
     client: &ClientSide,
 ) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256);
+    // Room for the head, what the edge adds, and a small body, so writing it rarely reallocates.
+    let added: usize = client.cors.iter().map(|(n, v)| n.len() + v.len() + 4).sum();
+    let mut out = Vec::with_capacity(head_len + added + client.request_id.len() + 128 + 1024);
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(resp.code.unwrap_or(0).to_string().as_bytes());
     out.push(b' ');

@@ -56,6 +56,9 @@ impl RequestView for RequestHeader {
 pub struct HeadIndex {
     method: Range<usize>,
     target: Range<usize>,
+    /// The target's path and query (after the `?`), found once.
+    path: Range<usize>,
+    query: Option<Range<usize>>,
     headers: Vec<(Range<usize>, Range<usize>)>,
     /// Length of the whole head, its empty line included.
     len: usize,
@@ -73,9 +76,19 @@ impl HeadIndex {
             .iter()
             .map(|h| Some((at(h.name.as_bytes())?, at(h.value)?)))
             .collect::<Option<Vec<_>>>()?;
+        let target = at(req.path?.as_bytes())?;
+        let (path, query) = match buf[target.clone()].iter().position(|&b| b == b'?') {
+            Some(q) => (
+                target.start..target.start + q,
+                Some(target.start + q + 1..target.end),
+            ),
+            None => (target.clone(), None),
+        };
         Some(HeadIndex {
             method: at(req.method?.as_bytes())?,
-            target: at(req.path?.as_bytes())?,
+            target,
+            path,
+            query,
             headers,
             len,
         })
@@ -156,16 +169,17 @@ impl RequestView for RequestHead {
         self.text(&self.index.method)
     }
     fn path(&self) -> &str {
-        let t = self.target();
-        t.split_once('?').map_or(t, |(p, _)| p)
+        self.text(&self.index.path)
     }
     fn query(&self) -> Option<&str> {
-        self.target().split_once('?').map(|(_, q)| q)
+        self.index.query.as_ref().map(|q| self.text(q))
     }
     fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
+        self.index
+            .headers
+            .iter()
+            .find(|(n, _)| self.bytes[n.clone()].eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| &self.bytes[v.clone()])
     }
     fn is_upgrade(&self) -> bool {
         // Kept heads are HTTP/1.1 ([`crate::forward::eligible`]).
@@ -253,6 +267,9 @@ mod tests {
         let plain = head("GET / HTTP/1.1\r\nHost: a\r\n\r\n");
         assert_eq!(plain.path(), "/");
         assert_eq!(plain.query(), None);
+        let empty = head("GET /a? HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(empty.path(), "/a");
+        assert_eq!(empty.query(), Some(""));
     }
 
     #[test]
