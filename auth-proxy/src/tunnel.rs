@@ -513,16 +513,21 @@ fn own_socket(stream: pingora::protocols::Stream) -> Result<TcpStream, pingora::
     else {
         return Err(stream);
     };
-    // SAFETY: dup() on a descriptor we hold open; the new descriptor is owned by the std socket.
-    let fd = unsafe { libc::dup(l4.as_raw_fd()) };
+    // SAFETY: duplicating a descriptor we hold open (close-on-exec, like every descriptor the
+    // standard library opens); the new descriptor is owned by the std socket.
+    let fd = unsafe { libc::fcntl(l4.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
     if fd < 0 {
         return Err(stream);
     }
     // SAFETY: `fd` is a fresh, valid descriptor of a connected TCP socket, owned by nothing else.
     let std_socket = unsafe { std::net::TcpStream::from_raw_fd(fd) };
-    if std_socket.set_nonblocking(true).is_err() {
-        return Err(stream);
-    }
+    // Already non-blocking: `O_NONBLOCK` belongs to the open file description, which the duplicate
+    // shares with pingora's socket (no `ioctl` per tunnel).
+    debug_assert!(
+        // SAFETY: F_GETFL on a descriptor owned by `std_socket`.
+        unsafe { libc::fcntl(fd, libc::F_GETFL) } & libc::O_NONBLOCK != 0,
+        "the accepted socket is non-blocking"
+    );
     match TcpStream::from_std(std_socket) {
         Ok(socket) => {
             drop(stream);
