@@ -144,15 +144,8 @@ impl Forwarder {
         let (status, client) = match decided {
             Err(reject) => {
                 ctx.outcome = reject.code();
-                let status = refuse(
-                    client,
-                    &head,
-                    &mut ctx,
-                    reject.status(),
-                    reject.body(),
-                    Some(reject),
-                )
-                .await;
+                let (status, body) = (reject.status(), reject.body());
+                let status = refuse(client, &head, &mut ctx, status, body, Some(reject)).await;
                 (status, None)
             }
             Ok(()) => {
@@ -398,20 +391,24 @@ impl BodyCopy {
 
 /// The edge's own answer on this path (a refusal or an error), written by pingora's HTTP/1 codec
 /// as on every other path; the connection closes after it. Returns the status (0 if not written).
-async fn refuse(
+/// Boxed: pingora's session and its futures stay out of the lean path's own future, which is
+/// moved (and sized) once per request.
+fn refuse<'a>(
     client: Stream,
-    head: &RequestHead,
-    ctx: &mut RequestCtx,
+    head: &'a RequestHead,
+    ctx: &'a mut RequestCtx,
     status: u16,
     body: Vec<u8>,
     reject: Option<Reject>,
-) -> u16 {
-    let mut session = ServerSession::new_http1(client);
-    session.set_pipelined_prefix(BytesMut::from(&head.bytes()[..]));
-    if !matches!(session.read_request().await, Ok(true)) {
-        return 0;
-    }
-    respond_json(&mut session, ctx, status, body, reject).await
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = u16> + Send + 'a>> {
+    Box::pin(async move {
+        let mut session = ServerSession::new_http1(client);
+        session.set_pipelined_prefix(BytesMut::from(&head.bytes()[..]));
+        if !matches!(session.read_request().await, Ok(true)) {
+            return 0;
+        }
+        respond_json(&mut session, ctx, status, body, reject).await
+    })
 }
 
 #[cfg(test)]

@@ -158,7 +158,8 @@ impl JwtVerifier {
         match self.verify(token, now) {
             Err(JwtError::UnknownKid | JwtError::KeysUnavailable) if self.jwks.is_some() => {
                 let jwks = self.jwks.as_ref().expect("checked");
-                jwks.refresh_for_unknown_kid().await;
+                // Boxed: the fetch's future stays out of every request's own.
+                Box::pin(jwks.refresh_for_unknown_kid()).await;
                 self.verify(token, now)
             }
             other => other,

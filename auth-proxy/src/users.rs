@@ -205,18 +205,18 @@ impl Users {
                 .user_cache
                 .with_label_values(&["disabled"])
                 .inc();
-            return self.db.fetch(id).await;
+            return Box::pin(self.db.fetch(id)).await;
         };
         if let Some(hit) = cache.get(&id).await {
             self.metrics.hot.cache_hit.inc();
             return Ok(hit);
         }
         self.metrics.user_cache.with_label_values(&["miss"]).inc();
+        // Boxed: a miss's query (and moka's single-flight) stays out of every request's future,
+        // which is moved once per request.
         let db = self.db.clone();
-        cache
-            .try_get_with(id, async move { db.fetch(id).await })
-            .await
-            .map_err(|e| (*e).clone())
+        let miss = cache.try_get_with(id, async move { db.fetch(id).await });
+        Box::pin(miss).await.map_err(|e| (*e).clone())
     }
 }
 
