@@ -172,7 +172,10 @@ async fn the_status_page_in_headless_chromium_shows_traffic() {
     let ratio = client.find(Locator::Id("cache-hit-ratio")).await.unwrap();
     assert!(ratio.text().await.unwrap().ends_with('%'));
 
-    // The revocation form: a wrong admin token is refused, the right one revokes user 2.
+    // The revocation form: a wrong admin token is refused, the right one revokes user 2's tokens
+    // issued until then (minted here, before it: one minted after it, in the next second, would
+    // rightly pass).
+    let before_revocation = stack.token(2);
     assert_eq!(text_of(&client, "revocations").await, "none");
     submit_revocation(&client, "wrong-token").await;
     wait_for_text(&client, "notice", "Wrong admin token.").await;
@@ -182,9 +185,8 @@ async fn the_status_page_in_headless_chromium_shows_traffic() {
         .await
         .contains("left the team"));
     let revoked = stack.edge_ws(&format!(
-        "/ws/{}?token={}",
-        uuid::Uuid::new_v4(),
-        stack.token(2)
+        "/ws/{}?token={before_revocation}",
+        uuid::Uuid::new_v4()
     ));
     let (status, body) = ws::connect(&revoked, &[]).await.expect_err("revoked");
     assert_eq!(status, 401, "{body}");
