@@ -344,7 +344,7 @@ impl ServerApp for EdgeApp {
             // paths' futures (nor they each other's) for its whole life.
             let tunnel = match path {
                 Path::Lean(index) => {
-                    let head = RequestHead::new(bytes.split_to(index.len()).freeze(), index);
+                    let head = RequestHead::split_from(&mut bytes, index);
                     carry = bytes;
                     let closing = *shutdown.borrow();
                     let serve =
@@ -356,7 +356,7 @@ impl ServerApp for EdgeApp {
                 }
                 Path::Tunnel(Some(index)) => {
                     // The connection ends with the tunnel: nothing after the head is kept.
-                    let head = RequestHead::new(bytes.split_to(index.len()).freeze(), index);
+                    let head = RequestHead::split_from(&mut bytes, index);
                     let client = Client::Head { stream, head };
                     let serve = crate::tunnel::serve(&self.state, &self.edge, client, ticket);
                     Box::pin(serve).await;

@@ -34,7 +34,7 @@ use crate::answer::{
     parse_answer, push_chunk, Answer, BadAnswer, Chunked, ClientSide, Framing, Parsed, LAST_CHUNK,
 };
 use crate::connection::peer_ip;
-use crate::head::{write_upstream_request, RequestHead, RequestView};
+use crate::head::{bodiless_origin_form, write_upstream_request, RequestHead, RequestView};
 use crate::proxy::{respond_json, Edge, RequestCtx, CONNECT_TIMEOUT};
 use crate::reject::Reject;
 use crate::state::AppState;
@@ -44,35 +44,21 @@ use crate::upstream_pool::UpstreamPool;
 /// be closed (the agent restarted, or closed it while idle) before anything reached the client.
 const STALE_RETRIES: usize = 2;
 
-/// True when a request head may take the lean path: HTTP/1.1, `GET`, `HEAD` or `DELETE` in
-/// origin form (no fragment; a target `http::Uri` accepts), exactly one `Host`, no body (`Content-Length` absent or 0, no
-/// `Transfer-Encoding`), and no header that asks a proxy for more than forwarding (`Upgrade`,
-/// `Expect`, `TE`, `Trailer`, `Keep-Alive`, `Proxy-*`, `HTTP2-Settings`, or a `Connection` other
-/// than `keep-alive` / `close`).
+/// True when a request head may take the lean path: `GET`, `HEAD` or `DELETE`, a bodiless
+/// HTTP/1.1 head in origin form ([`crate::head::bodiless_origin_form`]), and no header that asks a
+/// proxy for more than forwarding (`Upgrade`, `Expect`, `TE`, `Trailer`, `Keep-Alive`, `Proxy-*`,
+/// `HTTP2-Settings`, or a `Connection` other than `keep-alive` / `close`).
 pub fn eligible(req: &httparse::Request) -> bool {
-    if req.version != Some(1) || !matches!(req.method, Some("GET" | "HEAD" | "DELETE")) {
+    if !matches!(req.method, Some("GET" | "HEAD" | "DELETE")) || !bodiless_origin_form(req) {
         return false;
     }
-    if !req.path.is_some_and(crate::head::origin_form) {
-        return false;
-    }
-    let mut hosts = 0;
-    for h in req.headers.iter() {
+    req.headers.iter().all(|h| {
         let name = h.name;
-        let value = || std::str::from_utf8(h.value).unwrap_or("").trim();
-        if name.eq_ignore_ascii_case("host") {
-            hosts += 1;
-        } else if name.eq_ignore_ascii_case("content-length") {
-            if value() != "0" {
-                return false;
-            }
-        } else if name.eq_ignore_ascii_case("connection") {
-            let v = value();
-            if !v.eq_ignore_ascii_case("keep-alive") && !v.eq_ignore_ascii_case("close") {
-                return false;
-            }
-        } else if [
-            "transfer-encoding",
+        if name.eq_ignore_ascii_case("connection") {
+            let v = h.value.trim_ascii();
+            return v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close");
+        }
+        ![
             "upgrade",
             "expect",
             "te",
@@ -85,11 +71,7 @@ pub fn eligible(req: &httparse::Request) -> bool {
         ]
         .iter()
         .any(|n| name.eq_ignore_ascii_case(n))
-        {
-            return false;
-        }
-    }
-    hosts == 1
+    })
 }
 
 /// Most agent connections kept alive for the lean path at once.
@@ -301,21 +283,15 @@ impl Forwarder {
                     return None;
                 }
             };
-            if client.write_all(&out).await.is_err() {
+            if client.write_all(&out).await.is_err() || client.flush().await.is_err() {
                 return None;
             }
             out.clear();
             if body.done {
-                if client.flush().await.is_err() {
-                    return None;
-                }
                 if clean && answer.reusable {
                     self.pool.put(upstream);
                 }
                 return keep_alive.then_some(client);
-            }
-            if client.flush().await.is_err() {
-                return None;
             }
             bytes.clear();
             bytes.reserve(READ_CHUNK);

@@ -117,6 +117,11 @@ impl RequestHead {
         RequestHead { bytes, index }
     }
 
+    /// Takes the head `index` describes off the front of `bytes` (what follows stays there).
+    pub fn split_from(bytes: &mut bytes::BytesMut, index: HeadIndex) -> RequestHead {
+        RequestHead::new(bytes.split_to(index.len()).freeze(), index)
+    }
+
     /// Parses a complete head (for tests and tools; the edge parses in [`crate::connection`]).
     pub fn parse(bytes: &[u8]) -> Option<RequestHead> {
         let mut headers = [httparse::EMPTY_HEADER; 64];
@@ -193,6 +198,27 @@ pub fn origin_form(target: &str) -> bool {
     target.starts_with('/')
         && !target.contains('#')
         && http::uri::PathAndQuery::try_from(target).is_ok()
+}
+
+/// True for an HTTP/1.1 head in origin form ([`origin_form`]) with exactly one `Host` and no body
+/// (`Content-Length` absent or 0, no `Transfer-Encoding`): what every head the edge's own code
+/// reads must be (the lean path, [`crate::forward::eligible`]; the WebSocket endpoint,
+/// [`crate::tunnel::own_handshake`]).
+pub fn bodiless_origin_form(req: &httparse::Request) -> bool {
+    if req.version != Some(1) || !req.path.is_some_and(origin_form) {
+        return false;
+    }
+    let mut hosts = 0;
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("host") {
+            hosts += 1;
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding")
+            || (h.name.eq_ignore_ascii_case("content-length") && h.value.trim_ascii() != b"0")
+        {
+            return false;
+        }
+    }
+    hosts == 1
 }
 
 /// A header the edge would set has a value no header may carry (its name).

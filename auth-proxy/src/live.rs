@@ -517,13 +517,7 @@ mod tests {
 
     #[tokio::test]
     async fn one_pass_closes_the_expired_among_ten_thousand_tunnels() {
-        const SECRET: &str = "0123456789abcdef0123456789abcdef";
-        let env = |k: &str| match k {
-            "JWT_SECRET" | "IDENTITY_SECRET" => Some(SECRET.to_string()),
-            "DATABASE_URL" => Some("sqlite:///nonexistent/x.db".to_string()),
-            _ => None,
-        };
-        let state = AppState::new(Config::load(None, &env).unwrap()).unwrap();
+        let state = AppState::for_tests();
         let mut leases = Vec::new();
         for i in 0..10_000u64 {
             leases.push(state.tunnels.open(TunnelInfo {

@@ -42,6 +42,19 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// A state for unit tests: default settings, test secrets, a Users database that does not
+    /// exist (nothing that reaches it may be tested with this).
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> AppState {
+        const SECRET: &str = "0123456789abcdef0123456789abcdef";
+        let env = |k: &str| match k {
+            "JWT_SECRET" | "IDENTITY_SECRET" => Some(SECRET.to_string()),
+            "DATABASE_URL" => Some("sqlite:///nonexistent/x.db".to_string()),
+            _ => None,
+        };
+        AppState::new(Config::load(None, &env).expect("test config")).expect("test state")
+    }
+
     pub fn new(config: Config) -> Result<AppState, ConfigError> {
         let metrics = Arc::new(Metrics::new());
         Ok(AppState {

@@ -78,23 +78,7 @@ pub enum Client {
 /// target `http::Uri` accepts), exactly one `Host`, no body. Anything else is parsed by pingora
 /// (and refused there when it is no handshake).
 pub fn own_handshake(req: &httparse::Request) -> bool {
-    if req.version != Some(1) || req.method != Some("GET") {
-        return false;
-    }
-    if !req.path.is_some_and(crate::head::origin_form) {
-        return false;
-    }
-    let mut hosts = 0;
-    for h in req.headers.iter() {
-        if h.name.eq_ignore_ascii_case("host") {
-            hosts += 1;
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding")
-            || (h.name.eq_ignore_ascii_case("content-length") && h.value.trim_ascii() != b"0")
-        {
-            return false;
-        }
-    }
-    hosts == 1
+    req.method == Some("GET") && crate::head::bodiless_origin_form(req)
 }
 
 impl Client {
@@ -787,19 +771,12 @@ mod tests {
 #[cfg(test)]
 mod future_sizes {
     use super::*;
-    use crate::config::Config;
 
     /// Bounds in a test (debug) build, with room above what they are (1.8, 1.5 and 1.0 KiB); the
     /// branches they were boxed out of took them to 6.5, 3.1 and 3.0 KiB.
     #[tokio::test]
     async fn the_per_request_futures_stay_small() {
-        const SECRET: &str = "0123456789abcdef0123456789abcdef";
-        let env = |k: &str| match k {
-            "JWT_SECRET" | "IDENTITY_SECRET" => Some(SECRET.to_string()),
-            "DATABASE_URL" => Some("sqlite:///nonexistent/x.db".to_string()),
-            _ => None,
-        };
-        let state = Arc::new(AppState::new(Config::load(None, &env).unwrap()).unwrap());
+        let state = Arc::new(AppState::for_tests());
         let edge = Edge::new(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let stream = || async {
