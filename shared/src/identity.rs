@@ -196,10 +196,15 @@ struct Covered<'a> {
     request: BoundRequest<'a>,
 }
 
-fn mac_for(key: &[u8], c: &Covered<'_>) -> HmacSha256 {
+/// HMAC-SHA256 keyed once: cloning it skips hashing the key for every assertion.
+fn keyed(secret: &[u8]) -> HmacSha256 {
     // HMAC accepts keys of any length; this cannot fail.
-    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes keys of any size");
-    let method = c.request.method.to_ascii_uppercase();
+    HmacSha256::new_from_slice(secret).expect("HMAC takes keys of any size")
+}
+
+fn mac_for(keyed: &HmacSha256, c: &Covered<'_>) -> HmacSha256 {
+    let mut mac = keyed.clone();
+    let method = upper_case(c.request.method);
     let parts = [
         VERSION,
         c.ts,
@@ -207,7 +212,7 @@ fn mac_for(key: &[u8], c: &Covered<'_>) -> HmacSha256 {
         c.id,
         c.admin,
         c.name,
-        method.as_str(),
+        &method,
         c.request.path,
         c.request.query.unwrap_or(""),
     ];
@@ -218,6 +223,15 @@ fn mac_for(key: &[u8], c: &Covered<'_>) -> HmacSha256 {
         mac.update(part.as_bytes());
     }
     mac
+}
+
+/// `s` in ASCII upper case, borrowed when it already is (methods nearly always are).
+fn upper_case(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.bytes().any(|b| b.is_ascii_lowercase()) {
+        s.to_ascii_uppercase().into()
+    } else {
+        s.into()
+    }
 }
 
 /// A verified assertion: who, and the nonce and time the agent's replay guard needs.
@@ -233,7 +247,7 @@ pub struct Asserted {
 /// Signs identities; held by auth-proxy.
 #[derive(Clone)]
 pub struct Signer {
-    key: Vec<u8>,
+    key: HmacSha256,
 }
 
 impl fmt::Debug for Signer {
@@ -245,7 +259,7 @@ impl fmt::Debug for Signer {
 impl Signer {
     pub fn new(secret: impl AsRef<[u8]>) -> Self {
         Self {
-            key: secret.as_ref().to_vec(),
+            key: keyed(secret.as_ref()),
         }
     }
 
@@ -299,7 +313,7 @@ impl Signer {
 /// Checks identities; held by agent-service.
 #[derive(Clone)]
 pub struct Verifier {
-    key: Vec<u8>,
+    key: HmacSha256,
     max_age_secs: u64,
 }
 
@@ -317,7 +331,7 @@ impl Verifier {
     /// A verifier accepting assertions at most `max_age_secs` old.
     pub fn new(secret: impl AsRef<[u8]>, max_age_secs: u64) -> Self {
         Self {
-            key: secret.as_ref().to_vec(),
+            key: keyed(secret.as_ref()),
             max_age_secs,
         }
     }
