@@ -141,6 +141,11 @@ pub struct JwtConfig {
     pub jwks_url: String,
     /// The shortest time between two JWKS fetches (an unknown `kid` cannot cause more).
     pub jwks_min_refresh_secs: u64,
+    /// How many verified tokens are remembered so their next requests skip the signature check
+    /// (see `verified.rs`); 0 turns the cache off.
+    pub verified_cache_capacity: u64,
+    /// How long a verified token is remembered, from its verification.
+    pub verified_cache_ttl_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -233,6 +238,8 @@ impl Default for JwtConfig {
             keys: Vec::new(),
             jwks_url: String::new(),
             jwks_min_refresh_secs: 30,
+            verified_cache_capacity: 10_000,
+            verified_cache_ttl_secs: 300,
         }
     }
 }
@@ -483,6 +490,12 @@ impl Config {
         }
         if self.jwt.jwks_min_refresh_secs == 0 {
             return Err(err("jwt.jwks_min_refresh_secs", "must be at least 1"));
+        }
+        if self.jwt.verified_cache_capacity > 0 && self.jwt.verified_cache_ttl_secs == 0 {
+            return Err(err(
+                "jwt.verified_cache_ttl_secs",
+                "must be at least 1 (set jwt.verified_cache_capacity = 0 to turn the cache off)",
+            ));
         }
         let mut kids = std::collections::HashSet::new();
         for k in &self.jwt.keys {

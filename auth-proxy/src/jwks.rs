@@ -4,6 +4,7 @@
 //! (default 30 s), however many such tokens arrive (the fetch is single-flight; tokens arriving
 //! meanwhile wait for it). When a fetch fails, the last good set stays in use.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -50,6 +51,8 @@ pub struct Jwks {
     min_refresh: Duration,
     client: reqwest::Client,
     keys: RwLock<Option<Arc<KeysByKid>>>,
+    /// Bumped after every new key set; tokens verified with an older set are verified again.
+    generation: AtomicU64,
     state: tokio::sync::Mutex<FetchState>,
 }
 
@@ -63,6 +66,7 @@ impl Jwks {
                 .build()
                 .unwrap_or_default(),
             keys: RwLock::new(None),
+            generation: AtomicU64::new(0),
             state: tokio::sync::Mutex::new(FetchState {
                 last_attempt: None,
                 fresh_until: None,
@@ -73,6 +77,11 @@ impl Jwks {
     /// The current key set; `None` until a fetch has succeeded.
     pub fn keys(&self) -> Option<Arc<KeysByKid>> {
         self.keys.read().ok().and_then(|k| k.clone())
+    }
+
+    /// How many key sets have replaced the first; read before [`Jwks::keys`].
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Fetches when the last attempt is at least the minimum refresh interval old (or there was
@@ -116,9 +125,12 @@ impl Jwks {
                     refresh_in_secs = lifetime.as_secs(),
                     "JWKS fetched"
                 );
-                if let Ok(mut k) = self.keys.write() {
-                    *k = Some(Arc::new(keys));
+                match self.keys.write() {
+                    Ok(mut k) => *k = Some(Arc::new(keys)),
+                    Err(poisoned) => *poisoned.into_inner() = Some(Arc::new(keys)),
                 }
+                // After the swap: a request that reads the new generation reads the new set.
+                self.generation.fetch_add(1, Ordering::AcqRel);
                 state.fresh_until = Some(Instant::now() + lifetime);
                 true
             }

@@ -2,11 +2,16 @@
 //! ([`crate::keys`], [`crate::jwks`]), the signature (by `jsonwebtoken`), then the claim checks this edge owns: `exp`, `nbf` and `iat` with a leeway,
 //! the optional `require_exp` and `max_token_age`, and the user id claim.
 //!
+//! A token that passed is remembered ([`crate::verified`]): the next request with the same token,
+//! under the same keys, skips the signature and the parsing and only has its time claims checked
+//! again.
+//!
 //! Tokens minted by the News Nexus API (`{id, iat}`, HS256, no `exp`) pass with the defaults. The
 //! time claims are checked here rather than by `jsonwebtoken`, which silently ignores a time claim
 //! it cannot parse as an unsigned integer (a string or float `exp` must be refused, not skipped).
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -17,6 +22,7 @@ use crate::config::Config;
 use crate::jwks::Jwks;
 use crate::keys::{select, KeyProblem, KeyRing};
 use crate::revocations::TokenFacts;
+use crate::verified::{KeyEpoch, Verified, VerifiedTokens};
 
 /// Algorithm families; a key serves one family only, so an HS token can never be checked with an
 /// RSA public key used as an HMAC secret (or the reverse).
@@ -63,9 +69,12 @@ pub struct TimePolicy {
 /// The static keys can be swapped at run time ([`JwtVerifier::reload`], on SIGHUP).
 pub struct JwtVerifier {
     ring: RwLock<Arc<KeyRing>>,
+    /// Bumped after every [`JwtVerifier::reload`]; part of the [`KeyEpoch`] of cached tokens.
+    ring_generation: AtomicU64,
     jwks: Option<Jwks>,
     policy: TimePolicy,
     id_claim: String,
+    verified: VerifiedTokens,
 }
 
 impl JwtVerifier {
@@ -86,16 +95,34 @@ impl JwtVerifier {
             }),
             policy,
             id_claim: config.jwt.user_id_claim.clone(),
+            ring_generation: AtomicU64::new(0),
+            verified: VerifiedTokens::new(
+                config.jwt.verified_cache_capacity,
+                Duration::from_secs(config.jwt.verified_cache_ttl_secs),
+            ),
         })
     }
 
-    /// Replaces the static keys with those of `config` (the JWKS set is kept).
+    /// Replaces the static keys with those of `config` (the JWKS set is kept). Tokens verified
+    /// with the old keys are verified again on their next request.
     pub fn reload(&self, config: &Config) -> Result<(), crate::config::ConfigError> {
         let ring = Arc::new(KeyRing::from_config(config)?);
-        if let Ok(mut r) = self.ring.write() {
-            *r = ring;
+        match self.ring.write() {
+            Ok(mut r) => *r = ring,
+            Err(poisoned) => *poisoned.into_inner() = ring,
         }
+        // After the swap: a request that reads the new generation reads the new keys.
+        self.ring_generation.fetch_add(1, Ordering::AcqRel);
+        self.verified.clear();
         Ok(())
+    }
+
+    /// The keys in force now, as cached tokens record them. Read before the keys themselves.
+    fn epoch(&self) -> KeyEpoch {
+        KeyEpoch {
+            keys: self.ring_generation.load(Ordering::Acquire),
+            jwks: self.jwks.as_ref().map_or(0, Jwks::generation),
+        }
     }
 
     pub fn jwks(&self) -> Option<&Jwks> {
@@ -112,6 +139,24 @@ impl JwtVerifier {
     /// The facts of a valid token (user id, `iat`, `exp`, `jti`), checked at `now` (unix seconds),
     /// with the keys known now.
     pub fn verify(&self, token: &str, now: u64) -> Result<TokenFacts, JwtError> {
+        let epoch = self.epoch();
+        if let Some(hit) = self.verified.get(token, epoch) {
+            hit.times.check(now, &self.policy)?;
+            return Ok(hit.facts.clone());
+        }
+        let verified = self.verify_uncached(token, now, epoch)?;
+        let facts = verified.facts.clone();
+        self.verified.insert(token, verified);
+        Ok(facts)
+    }
+
+    /// The whole check: key selection, signature, claims.
+    fn verify_uncached(
+        &self,
+        token: &str,
+        now: u64,
+        epoch: KeyEpoch,
+    ) -> Result<Verified, JwtError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| JwtError::Invalid("malformed token or header"))?;
         let ring = self.ring();
@@ -146,10 +191,15 @@ impl JwtVerifier {
                         _ => "malformed token",
                     })
                 })?;
-        check_times(&data.claims, now, &self.policy)?;
+        let times = TimeClaims::read(&data.claims)?;
+        times.check(now, &self.policy)?;
         let user_id = user_id(&data.claims, &self.id_claim)
             .ok_or(JwtError::Invalid("no valid user id claim"))?;
-        Ok(facts(&data.claims, user_id))
+        Ok(Verified {
+            facts: facts(&data.claims, user_id, &times),
+            times,
+            epoch,
+        })
     }
 
     /// [`JwtVerifier::verify`], refetching the JWKS set once when the token names an unknown
@@ -168,17 +218,12 @@ impl JwtVerifier {
 }
 
 /// The claims a revocation or a tunnel timer needs (time claims already checked as numbers).
-fn facts(claims: &Map<String, Value>, user_id: i64) -> TokenFacts {
-    let time = |name| {
-        time_claim(claims, name)
-            .ok()
-            .flatten()
-            .map(|t| t.floor().min(i64::MAX as f64) as i64)
-    };
+fn facts(claims: &Map<String, Value>, user_id: i64, times: &TimeClaims) -> TokenFacts {
+    let whole = |t: Option<f64>| t.map(|t| t.floor().min(i64::MAX as f64) as i64);
     TokenFacts {
         user_id,
-        iat: time("iat"),
-        exp: time("exp"),
+        iat: whole(times.iat),
+        exp: whole(times.exp),
         jti: claims
             .get("jti")
             .and_then(Value::as_str)
@@ -210,37 +255,58 @@ fn time_claim(claims: &Map<String, Value>, name: &'static str) -> Result<Option<
     }
 }
 
-/// `exp`, `nbf` and `iat` against `now`, with the policy's leeway and options.
+/// A token's time claims, read once as numbers and checked at any `now` (again at every cache hit).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TimeClaims {
+    pub exp: Option<f64>,
+    pub nbf: Option<f64>,
+    pub iat: Option<f64>,
+}
+
+impl TimeClaims {
+    /// Reads `exp`, `nbf` and `iat`; a present one that is not a valid NumericDate is an error.
+    pub fn read(claims: &Map<String, Value>) -> Result<TimeClaims, JwtError> {
+        Ok(TimeClaims {
+            exp: time_claim(claims, "exp")?,
+            nbf: time_claim(claims, "nbf")?,
+            iat: time_claim(claims, "iat")?,
+        })
+    }
+
+    /// `exp`, `nbf` and `iat` against `now`, with the policy's leeway and options.
+    pub fn check(&self, now: u64, policy: &TimePolicy) -> Result<(), JwtError> {
+        let now = now as f64;
+        let leeway = policy.leeway_secs as f64;
+        match self.exp {
+            Some(exp) if exp + leeway < now => return Err(JwtError::Expired),
+            None if policy.require_exp => return Err(JwtError::Invalid("exp is required")),
+            _ => {}
+        }
+        if self.nbf.is_some_and(|nbf| nbf > now + leeway) {
+            return Err(JwtError::NotYetValid);
+        }
+        if policy.max_token_age_secs > 0 {
+            let iat = self.iat.ok_or(JwtError::Invalid(
+                "iat is required when max_token_age_secs is set",
+            ))?;
+            if iat > now + leeway {
+                return Err(JwtError::NotYetValid);
+            }
+            if now - iat > policy.max_token_age_secs as f64 + leeway {
+                return Err(JwtError::Expired);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// [`TimeClaims::read`] then [`TimeClaims::check`].
 pub fn check_times(
     claims: &Map<String, Value>,
     now: u64,
     policy: &TimePolicy,
 ) -> Result<(), JwtError> {
-    let now = now as f64;
-    let leeway = policy.leeway_secs as f64;
-    let exp = time_claim(claims, "exp")?;
-    let nbf = time_claim(claims, "nbf")?;
-    let iat = time_claim(claims, "iat")?;
-    match exp {
-        Some(exp) if exp + leeway < now => return Err(JwtError::Expired),
-        None if policy.require_exp => return Err(JwtError::Invalid("exp is required")),
-        _ => {}
-    }
-    if nbf.is_some_and(|nbf| nbf > now + leeway) {
-        return Err(JwtError::NotYetValid);
-    }
-    if policy.max_token_age_secs > 0 {
-        let iat = iat.ok_or(JwtError::Invalid(
-            "iat is required when max_token_age_secs is set",
-        ))?;
-        if iat > now + leeway {
-            return Err(JwtError::NotYetValid);
-        }
-        if now - iat > policy.max_token_age_secs as f64 + leeway {
-            return Err(JwtError::Expired);
-        }
-    }
-    Ok(())
+    TimeClaims::read(claims)?.check(now, policy)
 }
 
 /// The user id from `claim` (falling back to `sub`): a positive integer, or a string of digits.
@@ -364,5 +430,85 @@ mod tests {
         assert_eq!(family(Algorithm::RS256), Family::Rsa);
         assert_eq!(family(Algorithm::PS256), Family::Rsa);
         assert_eq!(family(Algorithm::ES256), Family::Ec);
+    }
+
+    const SECRET_A: &str = "secret-a-0123456789abcdef0123456789abcdef";
+    const SECRET_B: &str = "secret-b-0123456789abcdef0123456789abcdef";
+
+    fn verifier_config(secret: &str) -> Config {
+        let mut c = Config::default();
+        c.jwt.secret = secret.into();
+        c
+    }
+
+    fn hs256(secret: &str, claims: Value) -> String {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    fn remembered(v: &JwtVerifier, token: &str) -> bool {
+        v.verified.get(token, v.epoch()).is_some()
+    }
+
+    #[test]
+    fn a_verified_token_is_remembered_and_a_refused_one_is_not() {
+        let v = JwtVerifier::from_config(&verifier_config(SECRET_A)).unwrap();
+        let good = hs256(SECRET_A, json!({"id": 7, "iat": NOW, "jti": "j1"}));
+        let facts = v.verify(&good, NOW).unwrap();
+        assert!(remembered(&v, &good));
+        assert_eq!(v.verify(&good, NOW), Ok(facts.clone()));
+        assert_eq!(facts.jti.as_deref(), Some("j1"));
+
+        // The same header and claims under another signature: not the remembered token.
+        let forged = format!("{}.AAAA", &good[..good.rfind('.').unwrap()]);
+        assert_eq!(
+            v.verify(&forged, NOW),
+            Err(JwtError::Invalid("bad signature"))
+        );
+        assert!(!remembered(&v, &forged));
+        let expired = hs256(SECRET_A, json!({"id": 7, "exp": NOW - 100}));
+        assert_eq!(v.verify(&expired, NOW), Err(JwtError::Expired));
+        assert!(!remembered(&v, &expired));
+    }
+
+    #[test]
+    fn a_remembered_token_has_its_time_claims_checked_at_every_request() {
+        let v = JwtVerifier::from_config(&verifier_config(SECRET_A)).unwrap();
+        let token = hs256(SECRET_A, json!({"id": 7, "exp": NOW + 60, "nbf": NOW}));
+        assert!(v.verify(&token, NOW).is_ok());
+        assert!(remembered(&v, &token));
+        assert_eq!(v.verify(&token, NOW + 60 + 31), Err(JwtError::Expired));
+        assert_eq!(v.verify(&token, NOW - 31), Err(JwtError::NotYetValid));
+        assert!(v.verify(&token, NOW + 60).is_ok());
+    }
+
+    #[test]
+    fn a_key_reload_makes_remembered_tokens_verify_again() {
+        let v = JwtVerifier::from_config(&verifier_config(SECRET_A)).unwrap();
+        let token = hs256(SECRET_A, json!({"id": 7, "iat": NOW}));
+        assert!(v.verify(&token, NOW).is_ok());
+        assert!(remembered(&v, &token));
+        v.reload(&verifier_config(SECRET_B)).unwrap();
+        assert!(!remembered(&v, &token));
+        assert_eq!(
+            v.verify(&token, NOW),
+            Err(JwtError::Invalid("bad signature"))
+        );
+        let under_b = hs256(SECRET_B, json!({"id": 7, "iat": NOW}));
+        assert!(v.verify(&under_b, NOW).is_ok());
+    }
+
+    #[test]
+    fn capacity_zero_turns_the_cache_off() {
+        let mut c = verifier_config(SECRET_A);
+        c.jwt.verified_cache_capacity = 0;
+        let v = JwtVerifier::from_config(&c).unwrap();
+        let token = hs256(SECRET_A, json!({"id": 7}));
+        assert!(v.verify(&token, NOW).is_ok());
+        assert!(!remembered(&v, &token));
     }
 }

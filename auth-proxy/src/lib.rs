@@ -37,5 +37,6 @@ pub mod tunnel;
 pub mod tunnels;
 pub mod upstream_pool;
 pub mod users;
+pub mod verified;
 pub mod ws_refusal;
 pub mod wsframe;
