@@ -4,9 +4,11 @@
 # Targets, each with one worker thread pinned to CPU 0 (wrk and nginx on CPU 1):
 #   nginx-direct        wrk -> nginx (the ceiling)
 #   bare-pingora        a pingora-proxy pass-through, no auth (auth-proxy/examples/bare_pingora.rs)
-#   auth-proxy          cached user (SQLite Users table), token verified, identity signed
+#   auth-proxy          cached user (SQLite Users table), token verified once then remembered, identity signed
+#   auth-proxy-verify-every-request   the same with jwt.verified_cache_capacity = 0 (the signature checked
+#                       on every request, as HAProxy's jwt_verify does): the cost the token cache saves
 #   haproxy-jwt_verify  HS256 jwt_verify on the same token (deploy/bench/haproxy.cfg)
-# All four run at once on their own ports; ROUNDS alternating rounds of HTTP_DURATION seconds each;
+# All five run at once on their own ports; ROUNDS alternating rounds of HTTP_DURATION seconds each;
 # the table reports medians and the ratio to HAProxy of the same rounds.
 # Expects release binaries (run.sh builds them). Usage: deploy/bench/http.sh
 set -euo pipefail
@@ -20,6 +22,7 @@ CONNECTIONS=${CONNECTIONS:-32}
 SECRET="bench-secret-0123456789abcdef0123456789abcdef"
 IDENTITY="bench-identity-0123456789abcdef0123456789abcd"
 NGINX_PORT=19100 BARE_PORT=18091 PROXY_PORT=18092 ADMIN_PORT=19092 HAPROXY_PORT=18093
+NOCACHE_PORT=18097 NOCACHE_ADMIN_PORT=19097
 if [ "$(nproc)" -ge 2 ]; then PIN_PROXY="taskset -c 0" PIN_LOAD="taskset -c 1"; else PIN_PROXY="" PIN_LOAD=""; fi
 PROXY_BIN=$ROOT/target/release/auth-proxy
 BARE_BIN=$ROOT/target/release/examples/bare_pingora
@@ -75,14 +78,19 @@ secret = "$IDENTITY"
 max_per_ip = 100000
 TOML
 RUST_LOG=warn $PIN_PROXY "$PROXY_BIN" --config "$OUT/auth-proxy.toml" 2>"$OUT/auth-proxy.log" & PROXY_PID=$!; PIDS+=($PROXY_PID)
+sed -e "s/^listen = .*/listen = \"127.0.0.1:$NOCACHE_PORT\"/" -e "s/^admin_listen = .*/admin_listen = \"127.0.0.1:$NOCACHE_ADMIN_PORT\"/" \
+  -e "s/^\[jwt\]$/[jwt]\nverified_cache_capacity = 0/" "$OUT/auth-proxy.toml" >"$OUT/auth-proxy-nocache.toml"
+RUST_LOG=warn $PIN_PROXY "$PROXY_BIN" --config "$OUT/auth-proxy-nocache.toml" 2>"$OUT/auth-proxy-nocache.log" & NOCACHE_PID=$!; PIDS+=($NOCACHE_PID)
 
 sed -e "s/@SECRET@/$SECRET/" -e "s/@PORT@/$HAPROXY_PORT/" -e "s/@ECHO@/$NGINX_PORT/" "$BENCH/haproxy.cfg" >"$OUT/haproxy.cfg"
 $PIN_PROXY haproxy -db -f "$OUT/haproxy.cfg" 2>"$OUT/haproxy.log" & HAPROXY_PID=$!; PIDS+=($HAPROXY_PID)
 
 wait_http "http://127.0.0.1:$BARE_PORT/"
 wait_http "http://127.0.0.1:$ADMIN_PORT/readyz"
+wait_http "http://127.0.0.1:$NOCACHE_ADMIN_PORT/readyz"
 wait_http "http://127.0.0.1:$HAPROXY_PORT/health"
 curl -fs -o /dev/null "http://127.0.0.1:$PROXY_PORT/api/bench?token=$TOKEN" || { echo "auth-proxy refused the token" >&2; exit 1; }
+curl -fs -o /dev/null "http://127.0.0.1:$NOCACHE_PORT/api/bench?token=$TOKEN" || { echo "auth-proxy (no token cache) refused the token" >&2; exit 1; }
 curl -fs -o /dev/null "http://127.0.0.1:$HAPROXY_PORT/api/bench?token=$TOKEN" || { echo "haproxy refused the token" >&2; exit 1; }
 
 RESULTS=$OUT/results.jsonl
@@ -125,13 +133,14 @@ for round in $(seq 1 "$ROUNDS"); do
   run nginx-direct "$NGINX_PORT" "" "$round"
   run bare-pingora "$BARE_PORT" "$BARE_PID" "$round"
   run auth-proxy "$PROXY_PORT" "$PROXY_PID" "$round"
+  run auth-proxy-verify-every-request "$NOCACHE_PORT" "$NOCACHE_PID" "$round"
   run haproxy-jwt_verify "$HAPROXY_PORT" "$HAPROXY_PID" "$round"
 done
 
 python3 - "$RESULTS" >"$OUT/table.md" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-targets = ["nginx-direct", "bare-pingora", "auth-proxy", "haproxy-jwt_verify"]
+targets = ["nginx-direct", "bare-pingora", "auth-proxy", "auth-proxy-verify-every-request", "haproxy-jwt_verify"]
 by = {t: [r for r in rows if r["target"] == t] for t in targets}
 rounds = sorted({r["round"] for r in rows})
 ha = {r["round"]: r["rps"] for r in by["haproxy-jwt_verify"] if r["rps"] > 0}

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # One benchmark run, one machine, same load for every target:
 #   direct          loadgen -> echo upstream (the physical limit)
-#   auth-proxy      cached user (SQLite Users table)
-#   auth-proxy      cache off, SQLite          (every handshake queries the Users table)
-#   auth-proxy      cache off, PostgreSQL
+#   auth-proxy      cached user (SQLite Users table), each token verified once then remembered
+#   auth-proxy      caches off, SQLite         (every handshake verifies its token and queries the Users table)
+#   auth-proxy      caches off, PostgreSQL
 #   haproxy         HS256 jwt_verify on the same token (deploy/bench/haproxy.cfg)
 #   nginx           plain proxy_pass, no authentication (deploy/bench/nginx.conf)
 # then alternating short handshake rounds of the cached auth-proxy and HAProxy, for their ratio, and of
@@ -175,7 +175,7 @@ USER_IDS="1..=$USERS"
 suite direct "127.0.0.1:$ECHO_PORT" ""
 
 # ---------------------------------------------------------------- auth-proxy variants (CPU 0)
-auth_proxy() { # $1 = name, $2 = database url, $3 = cache ttl, $4 = user ids
+auth_proxy() { # $1 = name, $2 = database url, $3 = cache ttl (0 also turns the verified-token cache off), $4 = user ids
   cat >"$OUT/$1.toml" <<EOF
 listen = "127.0.0.1:$PROXY_PORT"
 admin_listen = "127.0.0.1:$ADMIN_PORT"
@@ -185,6 +185,7 @@ shutdown_grace_secs = 1
 
 [jwt]
 secret = "$SECRET"
+verified_cache_capacity = $([ "$3" = 0 ] && echo 0 || echo 10000)
 
 [users]
 database_url = "$2"
@@ -205,8 +206,9 @@ EOF
   curl -fs "http://127.0.0.1:$ADMIN_PORT/metrics" >"$OUT/$1.metrics" || true
   stop "$pid"
 }
-# The cached run uses 100 users (all hit the cache after their first handshake); the uncached runs
-# spread over all 1,000 users so every handshake is a real query.
+# The cached run uses 100 users (all hit the user and token caches after their first handshake); the
+# uncached runs spread over all 1,000 users with both caches off, so every handshake verifies the
+# signature and makes a real query.
 auth_proxy auth-proxy-cached "sqlite://$OUT/users.db" 30 "1..=100" 1
 auth_proxy auth-proxy-nocache-sqlite "sqlite://$OUT/users.db" 0 "1..=$USERS"
 auth_proxy auth-proxy-nocache-postgres "$PG_URL" 0 "1..=$USERS"
