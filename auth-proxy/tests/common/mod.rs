@@ -20,7 +20,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 #[allow(unused_imports)]
 pub use test_support::{
-    free_port, news_nexus_token, token_with_claims, TEST_IDENTITY_SECRET, TEST_JWT_SECRET,
+    free_port, free_ports, news_nexus_token, token_with_claims, TEST_IDENTITY_SECRET,
+    TEST_JWT_SECRET,
 };
 
 pub const STEP: Duration = Duration::from_secs(15);
@@ -177,8 +178,7 @@ impl Proxy {
         std::fs::write(&config, &opts.toml).unwrap();
         let log = dir.path().join("proxy.log");
         let out = std::fs::File::create(&log).unwrap();
-        let port = free_port();
-        let admin_port = free_port();
+        let [port, admin_port] = free_ports();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_auth-proxy"));
         cmd.env_clear()
             .arg("--config")

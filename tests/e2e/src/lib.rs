@@ -11,7 +11,7 @@ use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use test_support::{
-    free_port, news_nexus_token, sqlite_fixture, sqlite_url, TEST_IDENTITY_SECRET, TEST_JWT_SECRET,
+    free_ports, news_nexus_token, sqlite_fixture, sqlite_url, TEST_IDENTITY_SECRET, TEST_JWT_SECRET,
 };
 
 /// How long a process gets to become ready.
@@ -165,14 +165,15 @@ impl Stack {
             .timeout(Duration::from_secs(10))
             .build()
             .expect("http client");
+        let [agent_port, proxy_port, admin_port] = free_ports();
         Stack {
             db_url: sqlite_url(&db),
             dir,
             agent: None,
             proxy: None,
-            agent_port: free_port(),
-            proxy_port: free_port(),
-            admin_port: free_port(),
+            agent_port,
+            proxy_port,
+            admin_port,
             http,
             agent_env,
             proxy_toml: String::new(),

@@ -50,10 +50,15 @@ pub fn token_with_claims(secret: &str, claims: serde_json::Value) -> String {
 
 /// A loopback port that was free a moment ago (bind, read the number, release).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("binding 127.0.0.1:0")
+    free_ports::<1>()[0]
+}
+
+/// `N` different loopback ports that were free a moment ago: all are held until all are bound, so
+/// two of them are never the same port (two calls of [`free_port`] in a row may be).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: [TcpListener; N] =
+        std::array::from_fn(|_| TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0"));
+    listeners.map(|l| l.local_addr().expect("a bound address").port())
 }
 
 /// Writes the SQLite fixture into `dir/name` and returns its path (`sqlite://` URL: [`sqlite_url`]).
