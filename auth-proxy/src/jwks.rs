@@ -79,7 +79,7 @@ impl Jwks {
         self.keys.read().ok().and_then(|k| k.clone())
     }
 
-    /// How many key sets have replaced the first; read before [`Jwks::keys`].
+    /// How many key sets were fetched so far (each one a new key epoch); read before [`Jwks::keys`].
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }

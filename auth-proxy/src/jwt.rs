@@ -300,15 +300,6 @@ impl TimeClaims {
     }
 }
 
-/// [`TimeClaims::read`] then [`TimeClaims::check`].
-pub fn check_times(
-    claims: &Map<String, Value>,
-    now: u64,
-    policy: &TimePolicy,
-) -> Result<(), JwtError> {
-    TimeClaims::read(claims)?.check(now, policy)
-}
-
 /// The user id from `claim` (falling back to `sub`): a positive integer, or a string of digits.
 pub fn user_id(claims: &Map<String, Value>, claim: &str) -> Option<i64> {
     let value = claims.get(claim).or_else(|| claims.get("sub"))?;
@@ -338,6 +329,15 @@ mod tests {
 
     fn claims(v: Value) -> Map<String, Value> {
         v.as_object().unwrap().clone()
+    }
+
+    /// [`TimeClaims::read`] then [`TimeClaims::check`], as a verification does.
+    fn check_times(
+        claims: &Map<String, Value>,
+        now: u64,
+        policy: &TimePolicy,
+    ) -> Result<(), JwtError> {
+        TimeClaims::read(claims)?.check(now, policy)
     }
 
     #[test]
