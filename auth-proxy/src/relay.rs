@@ -305,7 +305,8 @@ where
     })
     .await;
 
-    let reason = Box::pin(finish(stop, &mut client, &mut upstream, &mut up, &mut down)).await;
+    let halves = (&mut up, &mut down);
+    let reason = Box::pin(finish(stop, &mut client, &mut upstream, halves, &counters)).await;
     RelayEnd {
         to_upstream: up.bytes,
         to_client: down.bytes,
@@ -318,8 +319,8 @@ async fn finish<C, U>(
     stop: Stop,
     client: &mut C,
     upstream: &mut U,
-    up: &mut Half,
-    down: &mut Half,
+    (up, down): (&mut Half, &mut Half),
+    counters: &RelayCounters<'_>,
 ) -> EndReason
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -341,7 +342,7 @@ where
                 flush_spill(upstream, up).await?;
                 upstream.shutdown().await?;
                 flush_spill(client, down).await?;
-                copy_rest(upstream, client, down).await
+                copy_rest(upstream, client, down, counters.to_client).await
             })
             .await;
             return EndReason::ClientClosed;
@@ -351,7 +352,7 @@ where
                 flush_spill(client, down).await?;
                 client.shutdown().await?;
                 flush_spill(upstream, up).await?;
-                copy_rest(client, upstream, up).await
+                copy_rest(client, upstream, up, counters.to_upstream).await
             })
             .await;
             return EndReason::UpstreamClosed;
@@ -401,10 +402,17 @@ async fn flush_spill<D: AsyncWrite + Unpin>(dst: &mut D, half: &mut Half) -> io:
     Ok(())
 }
 
-/// Copies the rest of `src` to `dst` (after the other direction ended), counting the bytes.
-/// At `src`'s end both directions are over and nothing is left unread on `dst`, so the relay's
-/// return closes `dst` with a FIN: no half-close first (one syscall less per tunnel).
-async fn copy_rest<S, D>(src: &mut S, dst: &mut D, half: &mut Half) -> io::Result<()>
+/// Copies the rest of `src` to `dst` (after the other direction ended), counting the bytes, as the
+/// main loop does: through the worker's scratch buffer, so the closing steps allocate nothing.
+/// Frames are still followed (without limits: the peer has ended its side); a broken sequence
+/// ends the copy. At `src`'s end both directions are over and nothing is left unread on `dst`,
+/// so the relay's return closes `dst` with a FIN: no half-close first (one syscall less per tunnel).
+async fn copy_rest<S, D>(
+    src: &mut S,
+    dst: &mut D,
+    half: &mut Half,
+    counter: &IntCounter,
+) -> io::Result<()>
 where
     S: AsyncRead + Unpin,
     D: AsyncWrite + Unpin,
@@ -412,16 +420,10 @@ where
     if half.eof {
         return Ok(());
     }
-    let mut buf = vec![0u8; 4096];
-    loop {
-        let n = src.read(&mut buf).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        half.bytes += n as u64;
-        dst.write_all(&buf[..n]).await?;
-        dst.flush().await?;
-    }
+    let mut active = false;
+    poll_fn(|cx| half.poll_move(cx, src, dst, &Limits::NONE, counter, &mut active))
+        .await
+        .map(|_| ())
 }
 
 /// Reads and drops what the client still sends until its close frame has passed, or its end.
