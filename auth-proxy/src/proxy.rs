@@ -326,7 +326,7 @@ impl Edge {
             };
             let bound = BoundRequest::new(method, path, query);
             let signed = self.state.signer.sign(&identity, bound, now_unix());
-            added.extend(signed.pairs().map(|(n, v)| (n, v.to_string())));
+            added.extend(signed.into_pairs());
         }
         added.push(("x-request-id", ctx.request_id.clone()));
         if let Some(peer) = ctx.peer {

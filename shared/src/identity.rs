@@ -112,6 +112,16 @@ impl IdentityHeaders {
             (HEADER_ASSERTION, &self.assertion),
         ]
     }
+
+    /// The same pairs, owning their values (no copy).
+    pub fn into_pairs(self) -> [(&'static str, String); 4] {
+        [
+            (HEADER_USER_ID, self.user_id),
+            (HEADER_USER_NAME, self.user_name),
+            (HEADER_USER_ADMIN, self.user_admin),
+            (HEADER_ASSERTION, self.assertion),
+        ]
+    }
 }
 
 /// What the agent received, as raw header values (`None` when absent).
@@ -297,10 +307,11 @@ impl Signer {
                 request,
             },
         );
-        let assertion = format!(
-            "{VERSION}.{ts}.{nonce}.{}",
-            hex::encode(mac.finalize().into_bytes())
-        );
+        let mut hex_mac = [0u8; 64];
+        // 32 bytes of MAC always fit 64 hex digits.
+        let _ = hex::encode_to_slice(mac.finalize().into_bytes(), &mut hex_mac);
+        let hex_mac = std::str::from_utf8(&hex_mac).unwrap_or_default();
+        let assertion = [VERSION, ".", &ts, ".", nonce, ".", hex_mac].concat();
         IdentityHeaders {
             user_id,
             user_name,
@@ -453,6 +464,8 @@ mod tests {
             .unwrap();
         assert_eq!(got.identity, ada());
         assert_eq!(got.issued_at, NOW);
+        let borrowed = h.pairs().map(|(n, v)| (n, v.to_string()));
+        assert_eq!(h.into_pairs(), borrowed);
     }
 
     #[test]
