@@ -103,25 +103,33 @@ pub fn check_raw_path(path: &str) -> Result<(), PathProblem> {
     if path.contains('\\') {
         return Err(PathProblem::Backslash);
     }
-    let lower = path.to_ascii_lowercase();
-    if ["%2e", "%2f", "%5c", "%25", "%00"]
-        .iter()
-        .any(|e| lower.contains(e))
-    {
+    if has_encoded_separator(path) {
         return Err(PathProblem::EncodedSeparator);
     }
     // Segments after the leading '/'; the last may be empty (a trailing slash).
-    let segments: Vec<&str> = path[1..].split('/').collect();
-    for (i, segment) in segments.iter().enumerate() {
+    let mut segments = path[1..].split('/').peekable();
+    while let Some(segment) = segments.next() {
         let name = segment.split(';').next().unwrap_or("");
         if name == "." || name == ".." {
             return Err(PathProblem::DotSegment);
         }
-        if segment.is_empty() && i + 1 < segments.len() {
+        if segment.is_empty() && segments.peek().is_some() {
             return Err(PathProblem::EmptySegment);
         }
     }
     Ok(())
+}
+
+/// True when `path` holds `%2e`, `%2f`, `%5c`, `%25` or `%00`, in any case: an encoded dot,
+/// separator, escape or NUL.
+fn has_encoded_separator(path: &str) -> bool {
+    path.as_bytes().windows(3).any(|w| {
+        w[0] == b'%'
+            && matches!(
+                [w[1], w[2].to_ascii_lowercase()],
+                [b'2', b'e' | b'f' | b'5'] | [b'5', b'c'] | [b'0', b'0']
+            )
+    })
 }
 
 /// `/ws/{client_id}` with one non-empty segment of at most 128 URL-safe characters.
@@ -181,6 +189,8 @@ mod tests {
             "/api/chat/sessions",
             "/ws/ada-laptop-1",
             "/static/name%20with%20space",
+            "/static/%2",
+            "/static/%5",
         ] {
             assert_eq!(check_raw_path(ok), Ok(()), "{ok}");
         }
@@ -204,6 +214,7 @@ mod tests {
             ("/static/..%5capi", PathProblem::EncodedSeparator),
             ("/static/%252e%252e/api", PathProblem::EncodedSeparator),
             ("/static/x%00", PathProblem::EncodedSeparator),
+            ("/static/..%5Capi", PathProblem::EncodedSeparator),
             ("/static/..\\api", PathProblem::Backslash),
             ("/static//api", PathProblem::EmptySegment),
             ("//admin/users", PathProblem::EmptySegment),

@@ -2,6 +2,8 @@
 //! WebSocket handshake), then `Authorization: Bearer <t>`. Also strips the token from the query
 //! string that is forwarded, keeping every other parameter as it was, in order.
 
+use std::borrow::Cow;
+
 /// Why no usable token was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenProblem {
@@ -35,18 +37,38 @@ pub fn extract(
 
 /// The non-empty `token` parameter(s) of a query; two different ones are ambiguous.
 fn query_token(query: &str) -> Result<Option<String>, TokenProblem> {
-    let mut found: Option<String> = None;
-    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+    let mut found: Option<Cow<'_, str>> = None;
+    for (_, (key, value)) in pairs(query) {
         if key != "token" || value.is_empty() {
             continue;
         }
         match &found {
             Some(prev) if *prev != value => return Err(TokenProblem::Ambiguous),
             Some(_) => {}
-            None => found = Some(value.into_owned()),
+            None => found = Some(value),
         }
     }
-    Ok(found)
+    Ok(found.map(Cow::into_owned))
+}
+
+/// The non-empty `&`-separated pairs of a query, each as written and decoded the way
+/// `form_urlencoded` decodes it (`+` is a space, `%XX` a byte, bad UTF-8 replaced). A pair with
+/// neither `%` nor `+` is its own decoding and is borrowed, not copied: the common case.
+fn pairs(query: &str) -> impl Iterator<Item = (&str, (Cow<'_, str>, Cow<'_, str>))> {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let decoded = if pair.bytes().any(|b| b == b'%' || b == b'+') {
+                form_urlencoded::parse(pair.as_bytes())
+                    .next()
+                    .unwrap_or_default()
+            } else {
+                let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+                (Cow::Borrowed(key), Cow::Borrowed(value))
+            };
+            (pair, decoded)
+        })
 }
 
 /// The credentials of `Bearer <t>` (scheme case-insensitive); `None` for other schemes or empty.
@@ -63,15 +85,9 @@ fn bearer(value: &[u8]) -> Option<&str> {
 /// The query string without its `token` parameters, other parameters kept byte for byte and in
 /// order; `None` when nothing is left.
 pub fn strip_token(query: &str) -> Option<String> {
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|pair| !pair.is_empty())
-        .filter(|pair| {
-            let key = pair.split_once('=').map_or(*pair, |(k, _)| k);
-            form_urlencoded::parse(key.as_bytes())
-                .next()
-                .is_none_or(|(k, _)| k != "token")
-        })
+    let kept: Vec<&str> = pairs(query)
+        .filter(|(_, (key, _))| key != "token")
+        .map(|(pair, _)| pair)
         .collect();
     (!kept.is_empty()).then(|| kept.join("&"))
 }
@@ -170,6 +186,30 @@ mod tests {
             Err(TokenProblem::Oversized)
         );
         assert!(extract(Some(&format!("token={}", "a".repeat(CAP))), None, CAP).is_ok());
+    }
+
+    #[test]
+    fn pairs_decode_as_form_urlencoded_does() {
+        let queries = [
+            "token=abc&provider=x",
+            "a=1&&b=2&",
+            "token",
+            "=x&token=",
+            "tok%65n=a%2Eb&x=y+z",
+            "a+b=c%20d&e=%ff%fe",
+            "k=v=w&%=%&+=+",
+            "token=a%2",
+            "ü=ö&token=é",
+        ];
+        for q in queries {
+            let ours: Vec<(String, String)> = pairs(q)
+                .map(|(_, (k, v))| (k.into_owned(), v.into_owned()))
+                .collect();
+            let theirs: Vec<(String, String)> = form_urlencoded::parse(q.as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            assert_eq!(ours, theirs, "{q}");
+        }
     }
 
     #[test]
