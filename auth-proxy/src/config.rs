@@ -11,7 +11,7 @@ use serde::Deserialize;
 /// Shortest HMAC secret accepted without `jwt.allow_weak_secret`.
 pub const MIN_SECRET_BYTES: usize = 32;
 
-/// The edge listener's per-connection read buffer (pingora's default is 64 KiB).
+/// Default of the retired `read_buffer_bytes` setting.
 pub const DEFAULT_READ_BUFFER_BYTES: usize = 0;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -26,8 +26,8 @@ pub struct Config {
     /// can then choose the id the logs and the upstream see).
     pub trust_client_request_id: bool,
     pub websocket_idle_timeout_secs: u64,
-    /// Per-connection read buffer of the edge listener, in bytes (0: none, reads go to the socket).
-    /// Every open tunnel holds one, so it sets most of the memory an idle WebSocket costs.
+    /// Retired: the edge accepts its connections itself and reads them without pingora's read
+    /// buffer. Still accepted so that existing files load; a value other than 0 logs a warning.
     pub read_buffer_bytes: usize,
     pub shutdown_grace_secs: u64,
     pub trusted_proxies: Vec<String>,
@@ -639,6 +639,9 @@ impl Config {
                 "cors.allowed_origins is on: scripts from {} may call the edge and read its answers",
                 self.cors.allowed_origins.join(", ")
             ));
+        }
+        if self.read_buffer_bytes != 0 {
+            w.push("read_buffer_bytes has no effect any more: the edge reads its sockets without a read buffer of pingora's (the setting is kept so existing files still load)".into());
         }
         w
     }

@@ -1,4 +1,4 @@
-//! The edge's connection layer: a pingora `ServerApp` that owns each accepted client connection.
+//! The edge's connection layer: owns each client connection accepted by [`crate::listener`].
 //!
 //! For every connection: admission (per-IP and global caps, see [`crate::admission`]; over a cap
 //! the client gets a JSON 429/503 and the connection closes), then, for each request on it, the
@@ -13,25 +13,26 @@
 //!
 //! Both HTTP paths keep the connection alive for the next request.
 //!
-//! pingora keeps the listeners, the accept loop, graceful shutdown and the HTTP/1 codecs.
+//! The connection starts as the accepted socket ([`ClientSocket::Tcp`]) and becomes pingora's stream
+//! the first time a request needs pingora's HTTP/1 codec; a tunnel relays it as it is then.
 
-use std::net::IpAddr;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bytes::BytesMut;
-use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora::apps::{HttpPersistentSettings, HttpServerApp};
 use pingora::protocols::http::ServerSession;
-use pingora::protocols::Stream;
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use shared::error_body::ErrorBody;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 use tracing::debug;
 
 use crate::admission::{Admission, Refusal};
+use crate::client_socket::ClientSocket;
 use crate::forward::Forwarder;
 use crate::head::{HeadIndex, RequestHead};
 use crate::proxy::Edge;
@@ -139,8 +140,8 @@ fn head_ended(bytes: &[u8]) -> bool {
 /// Reads one request head from `stream`, after the bytes already read (`carry`: what followed the
 /// last request): the first byte may take `first_byte_wait`, the whole head `header_timeout` from
 /// the start (a new connection) or from its first byte (a kept-alive one).
-async fn read_head(
-    stream: &mut Stream,
+async fn read_head<S: AsyncRead + Unpin>(
+    stream: &mut S,
     carry: BytesMut,
     fresh: bool,
     header_timeout: Duration,
@@ -198,8 +199,8 @@ enum Path {
 }
 
 /// A JSON answer written straight to the socket, then the connection closes.
-async fn answer_and_close(
-    stream: &mut Stream,
+async fn answer_and_close<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     status: u16,
     reason: &str,
     error: &str,
@@ -235,23 +236,18 @@ async fn answer_and_close(
     .await;
 }
 
-/// The client's address as the socket gives it.
-pub(crate) fn peer_ip(stream: &Stream) -> Option<IpAddr> {
-    stream
-        .get_socket_digest()
-        .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
-}
-
-#[async_trait]
-impl ServerApp for EdgeApp {
-    async fn process_new(
+impl EdgeApp {
+    /// Serves one accepted connection until it closes, becomes a tunnel, or the edge shuts down.
+    pub async fn serve(
         self: &Arc<Self>,
-        mut stream: Stream,
+        socket: TcpStream,
+        peer: SocketAddr,
         shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
+    ) {
+        let mut stream = ClientSocket::Tcp(socket, peer);
         let m = &self.state.metrics;
         // Held for the connection's life (handed to the relay's task when it becomes a tunnel).
-        let ticket = match self.admission.admit(peer_ip(&stream)) {
+        let ticket = match self.admission.admit(Some(peer.ip())) {
             Ok(ticket) => ticket,
             Err(refusal) => {
                 m.connections_refused
@@ -278,7 +274,7 @@ impl ServerApp for EdgeApp {
                     true,
                 ))
                 .await;
-                return None;
+                return;
             }
         };
         let header_timeout = Duration::from_secs(self.state.config.connections.header_timeout_secs);
@@ -310,7 +306,7 @@ impl ServerApp for EdgeApp {
                     ..
                 } => (bytes, Path::Lean(index)),
                 Head::Complete { bytes, .. } | Head::Unparsed(bytes) => (bytes, Path::Proxy),
-                Head::Closed => return None,
+                Head::Closed => return,
                 Head::TimedOut { started } => {
                     m.header_timeouts.inc();
                     if started {
@@ -325,7 +321,7 @@ impl ServerApp for EdgeApp {
                         .await;
                     }
                     debug!(started, "request head timed out");
-                    return None;
+                    return;
                 }
                 Head::TooLarge => {
                     Box::pin(answer_and_close(
@@ -337,7 +333,7 @@ impl ServerApp for EdgeApp {
                         false,
                     ))
                     .await;
-                    return None;
+                    return;
                 }
             };
             // Each path's future is boxed: an open tunnel must not carry the size of the HTTP
@@ -347,10 +343,14 @@ impl ServerApp for EdgeApp {
                     let head = RequestHead::split_from(&mut bytes, index);
                     carry = bytes;
                     let closing = *shutdown.borrow();
+                    let client = stream.into_pingora();
                     let serve =
                         self.forwarder
-                            .serve(&self.state, &self.edge, stream, head, closing);
-                    stream = Box::pin(serve).await?;
+                            .serve(&self.state, &self.edge, client, head, closing);
+                    let Some(kept) = Box::pin(serve).await else {
+                        return;
+                    };
+                    stream = ClientSocket::Pingora(kept);
                     fresh = false;
                     continue;
                 }
@@ -360,12 +360,12 @@ impl ServerApp for EdgeApp {
                     let client = Client::Head { stream, head };
                     let serve = crate::tunnel::serve(&self.state, &self.edge, client, ticket);
                     Box::pin(serve).await;
-                    return None;
+                    return;
                 }
                 Path::Tunnel(None) => true,
                 Path::Proxy => false,
             };
-            let mut session = ServerSession::new_http1(stream);
+            let mut session = ServerSession::new_http1(stream.into_pingora());
             match settings.take() {
                 Some(s) => s.apply_to_session(&mut session),
                 None => session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) }),
@@ -375,17 +375,21 @@ impl ServerApp for EdgeApp {
                 let client = Client::Session(Box::new(session));
                 let serve = crate::tunnel::serve(&self.state, &self.edge, client, ticket);
                 Box::pin(serve).await;
-                return None;
+                return;
             }
-            let reused = Box::pin(self.proxy.process_new_http(session, shutdown)).await?;
+            let Some(reused) = Box::pin(self.proxy.process_new_http(session, shutdown)).await
+            else {
+                return;
+            };
             let (next, next_settings) = reused.consume();
-            stream = next;
+            stream = ClientSocket::Pingora(next);
             settings = next_settings;
             fresh = false;
         }
     }
 
-    async fn cleanup(&self) {
+    /// When the listener has closed: pingora-proxy's own clean-up.
+    pub async fn cleanup(&self) {
         self.proxy.http_cleanup().await;
     }
 }

@@ -33,7 +33,7 @@ use tracing::warn;
 use crate::answer::{
     parse_answer, push_chunk, Answer, BadAnswer, Chunked, ClientSide, Framing, Parsed, LAST_CHUNK,
 };
-use crate::connection::peer_ip;
+use crate::client_socket::stream_peer_ip;
 use crate::head::{bodiless_origin_form, write_upstream_request, RequestHead, RequestView};
 use crate::proxy::{respond_json, Edge, RequestCtx, CONNECT_TIMEOUT};
 use crate::reject::Reject;
@@ -120,7 +120,7 @@ impl Forwarder {
     ) -> Option<Stream> {
         let mut ctx = RequestCtx::new();
         edge.begin(&mut ctx);
-        edge.identify_request(&head, peer_ip(&client), &mut ctx);
+        edge.identify_request(&head, stream_peer_ip(&client), &mut ctx);
         let decided = Box::pin(edge.decide(&head, &mut ctx)).await;
         let keep_alive = !closing && !head.wants_close() && !state.health.is_draining();
         let (status, client) = match decided {

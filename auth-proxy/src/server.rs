@@ -1,5 +1,6 @@
-//! Start-up and shutdown: builds the pingora server with four services (the edge, the admin
-//! listener, the readiness probe, live authorization) and drains on SIGTERM or SIGINT.
+//! Start-up and shutdown: builds the pingora server with four services (the edge's accept loop
+//! on its listener, bound here first; the admin listener; the readiness probe; live
+//! authorization) and drains on SIGTERM or SIGINT.
 //!
 //! Drain: readiness fails at once and the listeners stop accepting; open requests and WebSocket
 //! tunnels get up to `shutdown_grace_secs`: one second before it ends, every open tunnel gets a
@@ -12,8 +13,6 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora::apps::http_app::HttpServer;
-use pingora::listeners::ListenerConfig;
-use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::background::background_service;
@@ -24,6 +23,7 @@ use tracing::info;
 use crate::admin::{AdminApp, ReadinessProbe};
 use crate::config::Config;
 use crate::connection::EdgeApp;
+use crate::listener::EdgeListener;
 use crate::live::LiveService;
 use crate::proxy::Edge;
 use crate::state::AppState;
@@ -41,17 +41,20 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::R
         threads: c.threads,
         grace_period_seconds: Some(c.shutdown_grace_secs),
         graceful_shutdown_timeout_seconds: Some(1),
+        // Every pingora timeout of a second or more runs on tokio's timer, so pingora's own timer
+        // thread (a wake-up every 10 ms for the process's life) is never started: the edge's own
+        // paths use tokio's timer already.
+        fast_timeout_to_tokio_threshold_seconds: Some(0),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
     let proxy = pingora::proxy::http_proxy(&server.configuration, Edge::new(state.clone()));
-    let mut edge = Service::new("auth-proxy".to_string(), EdgeApp::new(state.clone(), proxy));
-    edge.add_listener(
-        ListenerConfig::tcp(c.listen.as_str())
-            .l4_buffer(L4BufferSettings::default().read(c.read_buffer_bytes)),
-    );
+    let listener = crate::listener::bind(&c.listen)?;
+    let app = EdgeApp::new(state.clone(), proxy);
+    let mut edge = background_service("auth-proxy", EdgeListener::new(app, listener));
+    edge.threads = Some(c.threads);
     let mut admin = Service::new(
         "auth-proxy admin".to_string(),
         HttpServer::new_app(AdminApp::new(state.clone())),

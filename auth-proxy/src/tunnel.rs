@@ -1,13 +1,14 @@
 //! The WebSocket endpoint, owned by the edge end to end: a tunnel's life.
 //!
-//! 1. The request head (read by [`crate::connection`]) is parsed by pingora's HTTP/1 codec.
+//! 1. The request head is read and parsed by [`crate::connection`] (a plain handshake,
+//!    [`own_handshake`]) or by pingora's HTTP/1 codec (anything else).
 //! 2. The same decision as plain HTTP: [`Edge::identify_request`] and [`Edge::decide`]. A refusal
 //!    is answered here as JSON, before any upstream contact and before the upgrade; or, with
 //!    `ws.reject_with = "close"`, as an upgrade the edge completes itself and closes at once.
 //! 3. The edge connects the agent, forwards the sanitised handshake with the signed identity
 //!    ([`Edge::prepare_upstream_request`] after [`upgrade_request`]), and reads the agent's answer.
 //!    A non-101 answer is passed to the client and the connection closes.
-//! 4. On 101 the answer goes to the client, both sockets leave their HTTP sessions, the tunnel is
+//! 4. On 101 the answer goes to the client, the relay takes both sockets as they are, the tunnel is
 //!    registered in [`crate::tunnels`] (closable from outside), and [`crate::relay`] moves bytes
 //!    until one side ends it, the idle timeout, a limit, the drain or the registry closes it.
 //! 5. One access line at the end, with the duration and the bytes of each direction.
@@ -19,7 +20,6 @@ use bytes::{Bytes, BytesMut};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::v1::client::http_req_header_to_wire;
 use pingora::protocols::http::ServerSession;
-use pingora::protocols::Stream;
 use shared::error_body::ErrorBody;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -27,7 +27,7 @@ use tokio::time::timeout;
 use tracing::{info, warn};
 
 use crate::admission::Ticket;
-use crate::connection::peer_ip;
+use crate::client_socket::ClientSocket;
 use crate::head::{write_upstream_request, RequestHead, RequestView};
 use crate::proxy::{
     answer_then_close, insert_cors, respond_json, start_request, Edge, RequestCtx, CONNECT_TIMEOUT,
@@ -69,7 +69,10 @@ impl Default for WebSocketConfig {
 pub enum Client {
     /// A head the edge parsed itself ([`own_handshake`]): the upstream handshake is written
     /// straight from its bytes.
-    Head { stream: Stream, head: RequestHead },
+    Head {
+        stream: ClientSocket,
+        head: RequestHead,
+    },
     /// Anything else, parsed by pingora's HTTP/1 codec.
     Session(Box<ServerSession>),
 }
@@ -126,7 +129,7 @@ impl Client {
         match self {
             Client::Session(session) => Some(*session),
             Client::Head { stream, head } => {
-                let mut session = ServerSession::new_http1(stream);
+                let mut session = ServerSession::new_http1(stream.into_pingora());
                 session.set_pipelined_prefix(BytesMut::from(&head.bytes()[..]));
                 session.set_keepalive(None);
                 matches!(session.read_request().await, Ok(true)).then_some(session)
@@ -135,11 +138,11 @@ impl Client {
     }
 
     /// The raw connection (nothing is buffered in a session: it has only parsed the head).
-    fn into_stream(self) -> Option<Stream> {
+    fn into_stream(self) -> Option<ClientSocket> {
         match self {
             Client::Head { stream, .. } => Some(stream),
             Client::Session(session) => match *session {
-                ServerSession::H1(s) => Some(s.into_inner()),
+                ServerSession::H1(s) => Some(ClientSocket::Pingora(s.into_inner())),
                 _ => None,
             },
         }
@@ -175,8 +178,8 @@ fn nominated<'a>(values: impl Iterator<Item = &'a str>) -> Vec<String> {
 ///
 /// The handshake runs in a boxed future of its own (the request, the decision, the agent's
 /// answer: a few KiB), freed when it ends. An established tunnel is then relayed by a task of its
-/// own, which takes the connection's admission `ticket` along: the connection's task (pingora's
-/// accept future and the connection loop) ends here, so an open tunnel holds only the relay's small
+/// own, which takes the connection's admission `ticket` along: the connection's task (the
+/// connection loop the listener spawned) ends here, so an open tunnel holds only the relay's small
 /// state for its whole life.
 pub async fn serve(state: &Arc<AppState>, edge: &Edge, client: Client, ticket: Ticket) {
     // A statement of its own: the handshake's box is dropped at its end.
@@ -196,7 +199,7 @@ async fn start(edge: &Edge, client: &mut Client) -> Option<RequestCtx> {
         Client::Head { stream, head } => {
             let mut ctx = RequestCtx::new();
             edge.begin(&mut ctx);
-            edge.identify_request(head, peer_ip(stream), &mut ctx);
+            edge.identify_request(head, stream.peer_ip(), &mut ctx);
             Some(ctx)
         }
     }
@@ -345,14 +348,15 @@ async fn open(state: &AppState, edge: &Edge, client: &Client, ctx: &mut RequestC
     let Some(wire) = client.upstream_handshake(edge, ctx) else {
         return Opened::Unwritable;
     };
-    let mut upstream = match timeout(CONNECT_TIMEOUT, TcpStream::connect(state.upstream)).await {
-        Ok(Ok(s)) => s,
+    // The handshake's first write waits for the connect and reports its failure.
+    let mut upstream = match crate::dial::connect(state.upstream) {
+        Ok(s) => s,
+        Err(e) => return Opened::Failed(e.kind().to_string()),
+    };
+    match timeout(CONNECT_TIMEOUT, upstream.write_all(&wire)).await {
+        Ok(Ok(())) => {}
         Ok(Err(e)) => return Opened::Failed(e.kind().to_string()),
         Err(_) => return Opened::Failed("connect timeout".into()),
-    };
-    let _ = upstream.set_nodelay(true);
-    if let Err(e) = upstream.write_all(&wire).await {
-        return Opened::Failed(e.kind().to_string());
     }
     let (head_len, status, bytes) =
         match timeout(HANDSHAKE_TIMEOUT, read_response_head(&mut upstream)).await {
@@ -388,7 +392,7 @@ async fn open(state: &AppState, edge: &Edge, client: &Client, ctx: &mut RequestC
 
 /// A tunnel ready to relay: the agent's 101 has reached the client.
 struct Established {
-    client: Stream,
+    client: ClientSocket,
     upstream: TcpStream,
     /// What the agent sent after its 101, still to be passed to the client.
     rest: Vec<u8>,
@@ -400,7 +404,7 @@ struct Established {
 /// Writes the agent's 101 to the client; `None` (logged) when the client is gone.
 async fn established(
     edge: &Edge,
-    client: Option<Stream>,
+    client: Option<ClientSocket>,
     t: Tunnel,
     mut ctx: RequestCtx,
 ) -> Option<Box<Established>> {
@@ -478,7 +482,13 @@ async fn run(state: Arc<AppState>, e: Box<Established>, ticket: Ticket) {
         to_upstream: &m.tunnel_bytes_to_upstream,
         to_client: &m.tunnel_bytes_to_client,
     };
-    let end = match own_socket(client) {
+    // The socket as accepted is relayed as it is; pingora's stream (a handshake pingora's codec
+    // read) gives its socket back, so an open tunnel keeps no stream state for its life.
+    let client = match client {
+        ClientSocket::Tcp(socket, _) => Ok(socket),
+        ClientSocket::Pingora(stream) => crate::client_socket::into_tcp(stream),
+    };
+    let end = match client {
         Ok(client) => relay(client, upstream, rest, &mut lease, config, counters).await,
         Err(client) => relay(client, upstream, rest, &mut lease, config, counters).await,
     };
@@ -506,41 +516,6 @@ async fn run(state: Arc<AppState>, e: Box<Established>, ticket: Ticket) {
         "tunnel"
     );
     drop(ticket);
-}
-
-/// The client's TCP socket as a plain tokio socket, so an open tunnel keeps no pingora stream
-/// state (write buffer, digests) for its whole life: the descriptor is duplicated and pingora's
-/// stream dropped. Anything else (not TCP) stays as it is.
-fn own_socket(stream: pingora::protocols::Stream) -> Result<TcpStream, pingora::protocols::Stream> {
-    use std::os::fd::{AsRawFd, FromRawFd};
-    let Some(l4) = stream
-        .as_any()
-        .downcast_ref::<pingora::protocols::l4::stream::Stream>()
-    else {
-        return Err(stream);
-    };
-    // SAFETY: duplicating a descriptor we hold open (close-on-exec, like every descriptor the
-    // standard library opens); the new descriptor is owned by the std socket.
-    let fd = unsafe { libc::fcntl(l4.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(stream);
-    }
-    // SAFETY: `fd` is a fresh, valid descriptor of a connected TCP socket, owned by nothing else.
-    let std_socket = unsafe { std::net::TcpStream::from_raw_fd(fd) };
-    // Already non-blocking: `O_NONBLOCK` belongs to the open file description, which the duplicate
-    // shares with pingora's socket (no `ioctl` per tunnel).
-    debug_assert!(
-        // SAFETY: F_GETFL on a descriptor owned by `std_socket`.
-        unsafe { libc::fcntl(fd, libc::F_GETFL) } & libc::O_NONBLOCK != 0,
-        "the accepted socket is non-blocking"
-    );
-    match TcpStream::from_std(std_socket) {
-        Ok(socket) => {
-            drop(stream);
-            Ok(socket)
-        }
-        Err(_) => Err(stream),
-    }
 }
 
 /// `Sec-WebSocket-Accept` for a client's `Sec-WebSocket-Key` (RFC 6455 section 4.2.2).
@@ -786,17 +761,13 @@ mod future_sizes {
         let state = Arc::new(AppState::for_tests());
         let edge = Edge::new(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let stream = || async {
-            let tcp = TcpStream::connect(listener.local_addr().unwrap())
-                .await
-                .unwrap();
-            let s: Stream = Box::new(pingora::protocols::l4::stream::Stream::from(tcp));
-            s
-        };
+        let addr = listener.local_addr().unwrap();
+        let socket = || async { ClientSocket::Tcp(TcpStream::connect(addr).await.unwrap(), addr) };
+        let stream = || async { socket().await.into_pingora() };
         let head = RequestHead::parse(b"GET /ws/a HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
 
         let client = Client::Head {
-            stream: stream().await,
+            stream: socket().await,
             head: head.clone(),
         };
         let handshake = handshake(&state, &edge, client);
@@ -823,7 +794,7 @@ mod future_sizes {
             .await
             .unwrap();
         let established = Box::new(Established {
-            client: stream().await,
+            client: socket().await,
             upstream,
             rest: Vec::new(),
             method: http::Method::GET,

@@ -36,6 +36,14 @@ fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
     f
 }
 
+/// A WebSocket handshake for `path`.
+fn handshake(path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
 /// A raw WebSocket client.
 struct Raw {
     r: BufReader<tokio::net::tcp::OwnedReadHalf>,
@@ -45,21 +53,25 @@ struct Raw {
 impl Raw {
     async fn connect(proxy: &Proxy, path: &str) -> Raw {
         let stream = TcpStream::connect(("127.0.0.1", proxy.port)).await.unwrap();
-        let (r, mut w) = stream.into_split();
-        let mut r = BufReader::new(r);
-        let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        );
-        w.write_all(req.as_bytes()).await.unwrap();
+        let (r, w) = stream.into_split();
+        let mut raw = Raw {
+            r: BufReader::new(r),
+            w,
+        };
+        raw.send(handshake(path).as_bytes()).await;
+        let head = raw.head().await;
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        raw
+    }
+
+    /// An answer's head, up to its empty line.
+    async fn head(&mut self) -> String {
         let mut head = Vec::new();
         while !head.ends_with(b"\r\n\r\n") {
-            let b = timeout(STEP, r.read_u8()).await.unwrap().unwrap();
+            let b = timeout(STEP, self.r.read_u8()).await.unwrap().unwrap();
             head.push(b);
         }
-        let head = String::from_utf8(head).unwrap();
-        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-        Raw { r, w }
+        String::from_utf8(head).unwrap()
     }
 
     async fn send(&mut self, bytes: &[u8]) {
@@ -87,6 +99,16 @@ impl Raw {
         .await
         .expect("a frame in time")
         .expect("a frame")
+    }
+
+    /// The next text frame's payload; skips other frames.
+    async fn text(&mut self) -> Vec<u8> {
+        loop {
+            let (_, op, payload) = self.frame().await;
+            if op == OP_TEXT {
+                return payload;
+            }
+        }
     }
 
     /// The close frame's code and reason; skips other frames.
@@ -192,13 +214,42 @@ async fn fragments_with_control_frames_between_them_pass_through() {
     assert_eq!(pongs.first().map(Vec::as_slice), Some(&b"p1"[..]));
     // The tunnel is still usable.
     raw.send(&frame(true, OP_TEXT, b"again")).await;
-    loop {
-        let (_, op, payload) = raw.frame().await;
-        if op == OP_TEXT {
-            assert_eq!(payload, b"again");
-            break;
-        }
-    }
+    assert_eq!(raw.text().await, b"again");
+}
+
+/// A handshake that follows a plain request on the same connection: the connection went through
+/// pingora's codec first, and its socket is taken back for the tunnel.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_handshake_after_a_request_on_the_same_connection_becomes_a_tunnel() {
+    let (_dir, _upstream, proxy, path) = start("").await;
+    let stream = TcpStream::connect(("127.0.0.1", proxy.port)).await.unwrap();
+    let (r, w) = stream.into_split();
+    let mut raw = Raw {
+        r: BufReader::new(r),
+        w,
+    };
+    raw.send(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await;
+    let head = raw.head().await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .expect("a content-length");
+    let mut body = vec![0u8; length];
+    timeout(STEP, raw.r.read_exact(&mut body))
+        .await
+        .unwrap()
+        .unwrap();
+    raw.send(handshake(&path).as_bytes()).await;
+    let head = raw.head().await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    raw.send(&frame(true, OP_TEXT, b"same connection")).await;
+    assert_eq!(raw.text().await, b"same connection");
 }
 
 #[tokio::test(flavor = "multi_thread")]
