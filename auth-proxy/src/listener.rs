@@ -38,10 +38,9 @@ pub fn bind(addr: &str) -> anyhow::Result<std::net::TcpListener> {
         Type::STREAM.nonblocking(),
         Some(Protocol::TCP),
     )?;
+    // As pingora's listener: address reuse, and an IPv6 address left to the system's dual-stack
+    // default.
     socket.set_reuse_address(true)?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
     socket
         .bind(&addr.into())
         .with_context(|| format!("cannot listen on {addr}"))?;
