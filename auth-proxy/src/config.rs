@@ -743,6 +743,20 @@ mod tests {
     }
 
     #[test]
+    fn the_retired_read_buffer_setting_still_loads_and_warns() {
+        let mut c = Config::default();
+        c.apply_env(&env_of(minimal()));
+        assert!(c.warnings().is_empty());
+        c.read_buffer_bytes = 65536;
+        c.validate().unwrap();
+        let warnings = c.warnings();
+        assert!(
+            warnings.iter().any(|w| w.contains("read_buffer_bytes")),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
     fn errors_name_the_setting() {
         let mut c = Config::default();
         c.apply_env(&env_of(minimal()));
