@@ -56,6 +56,15 @@ impl ClientSocket {
             ClientSocket::Tcp(socket, peer) => pingora_stream(socket, peer),
         }
     }
+
+    /// The plain socket, for a tunnel: as accepted, or given back by its [`PingoraSocket`]
+    /// ([`into_tcp`]); otherwise pingora's stream as it is.
+    pub fn into_tcp(self) -> Result<TcpStream, Stream> {
+        match self {
+            ClientSocket::Tcp(socket, _) => Ok(socket),
+            ClientSocket::Pingora(stream) => into_tcp(stream),
+        }
+    }
 }
 
 /// pingora's stream for an accepted socket.

@@ -484,11 +484,7 @@ async fn run(state: Arc<AppState>, e: Box<Established>, ticket: Ticket) {
     };
     // The socket as accepted is relayed as it is; pingora's stream (a handshake pingora's codec
     // read) gives its socket back, so an open tunnel keeps no stream state for its life.
-    let client = match client {
-        ClientSocket::Tcp(socket, _) => Ok(socket),
-        ClientSocket::Pingora(stream) => crate::client_socket::into_tcp(stream),
-    };
-    let end = match client {
+    let end = match client.into_tcp() {
         Ok(client) => relay(client, upstream, rest, &mut lease, config, counters).await,
         Err(client) => relay(client, upstream, rest, &mut lease, config, counters).await,
     };
