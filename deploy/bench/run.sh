@@ -6,8 +6,9 @@
 #   auth-proxy      caches off, PostgreSQL
 #   haproxy         HS256 jwt_verify on the same token (deploy/bench/haproxy.cfg)
 #   nginx           plain proxy_pass, no authentication (deploy/bench/nginx.conf)
-# then alternating short handshake rounds of the cached auth-proxy and HAProxy, for their ratio, and of
-# direct, auth-proxy and HAProxy at one client, for the added handshake p99.
+# then alternating short rounds of the cached auth-proxy and HAProxy (handshakes and messages under load),
+# for their ratios, and of direct, auth-proxy and HAProxy at one client, for the added handshake p99 and
+# the added message round trip.
 # Each proxy runs alone, with one worker thread, pinned to CPU 0; loadgen and the echo upstream share
 # CPU 1. Before each target, the run waits for the previous target's TIME_WAIT sockets to expire.
 # Results: a table on stdout, raw JSON lines in $OUT/results.jsonl, and the table written into
@@ -251,7 +252,7 @@ ALT_HAPROXY_PID=$!
 PIDS+=("$ALT_HAPROXY_PID")
 wait_http "http://127.0.0.1:$ADMIN_PORT/readyz"
 wait_http "http://127.0.0.1:$ALT_PORT/health"
-echo "==> alternating rounds: auth-proxy-cached and haproxy-jwt_verify"
+echo "==> alternating rounds: auth-proxy-cached and haproxy-jwt_verify (handshakes, messages, one client)"
 settle
 USER_IDS="1..=100"
 for round in $(seq 1 "$ROUNDS"); do
@@ -259,10 +260,18 @@ for round in $(seq 1 "$ROUNDS"); do
     --url "ws://127.0.0.1:$PROXY_PORT/ws/bench" --connections "$CONNECTIONS" --duration "$ALT_DURATION"
   LABEL=alt-$round measure haproxy-jwt_verify "$ALT_HAPROXY_PID" handshakes \
     --url "ws://127.0.0.1:$ALT_PORT/ws/bench" --connections "$CONNECTIONS" --duration "$ALT_DURATION"
-  # Handshake latency at one client, with direct in the same round for the added p99.
+  # Messages under load, the same way.
+  LABEL=altmsg-$round measure auth-proxy-cached "$ALT_PROXY_PID" roundtrip \
+    --url "ws://127.0.0.1:$PROXY_PORT/ws/bench" --connections "$CONNECTIONS" --duration "$ALT_DURATION"
+  LABEL=altmsg-$round measure haproxy-jwt_verify "$ALT_HAPROXY_PID" roundtrip \
+    --url "ws://127.0.0.1:$ALT_PORT/ws/bench" --connections "$CONNECTIONS" --duration "$ALT_DURATION"
+  # Handshake latency and message round trip at one client, with direct in the same round for what
+  # each proxy adds.
   for target in "direct $ECHO_PORT" "auth-proxy-cached $PROXY_PORT" "haproxy-jwt_verify $ALT_PORT"; do
     read -r name port <<<"$target"
     LABEL=altlat-$round measure "$name" "" handshakes \
+      --url "ws://127.0.0.1:$port/ws/bench" --connections 1 --duration "$ALT_DURATION"
+    LABEL=altrt-$round measure "$name" "" roundtrip \
       --url "ws://127.0.0.1:$port/ws/bench" --connections 1 --duration "$ALT_DURATION"
   done
 done
