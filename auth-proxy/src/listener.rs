@@ -45,7 +45,22 @@ pub fn bind(addr: &str) -> anyhow::Result<std::net::TcpListener> {
         .bind(&addr.into())
         .with_context(|| format!("cannot listen on {addr}"))?;
     socket.listen(BACKLOG)?;
+    delay_first_ack(&socket);
     Ok(socket.into())
+}
+
+/// Accepted connections start with delayed acknowledgements, as on HAProxy's HTTP listeners: the
+/// client's request is acknowledged by the edge's answer (a 101, a refusal) instead of a bare ACK
+/// of its own: one packet fewer per handshake. The kernel itself moves a connection that answers
+/// promptly to delayed acknowledgements, so this changes only how a connection's first request is
+/// acknowledged. An optimisation: a kernel that refuses it changes nothing else.
+fn delay_first_ack(socket: &Socket) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(e) = socket.set_tcp_quickack(false) {
+        tracing::debug!(error = %e, "delayed acknowledgements not set on the listener");
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = socket;
 }
 
 /// The accept loop of the edge listener.
@@ -125,5 +140,23 @@ mod tests {
         let error = bind(&taken).unwrap_err();
         assert!(format!("{error:#}").contains(&taken), "{error:#}");
         assert!(bind("localhost:80").is_err(), "not IP:port");
+    }
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[test]
+    fn accepted_connections_start_with_delayed_acknowledgements() {
+        let listener = bind("127.0.0.1:0").unwrap();
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        listener.set_nonblocking(false).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        // TCP_QUICKACK reads false while the connection delays its acknowledgements.
+        assert!(!Socket::from(accepted).tcp_quickack().unwrap());
+        let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = std::net::TcpStream::connect(plain.local_addr().unwrap()).unwrap();
+        let (accepted, _) = plain.accept().unwrap();
+        assert!(
+            Socket::from(accepted).tcp_quickack().unwrap(),
+            "the kernel's default differs"
+        );
     }
 }
