@@ -256,15 +256,18 @@ echo "==> alternating rounds: auth-proxy-cached and haproxy-jwt_verify (handshak
 settle
 USER_IDS="1..=100"
 for round in $(seq 1 "$ROUNDS"); do
-  LABEL=alt-$round measure auth-proxy-cached "$ALT_PROXY_PID" handshakes \
-    --url "ws://127.0.0.1:$PROXY_PORT/ws/bench" --connections "$CONNECTIONS" --duration "$ALT_DURATION"
-  LABEL=alt-$round measure haproxy-jwt_verify "$ALT_HAPROXY_PID" handshakes \
-    --url "ws://127.0.0.1:$ALT_PORT/ws/bench" --connections "$CONNECTIONS" --duration "$ALT_DURATION"
-  # Messages under load, the same way.
-  LABEL=altmsg-$round measure auth-proxy-cached "$ALT_PROXY_PID" roundtrip \
-    --url "ws://127.0.0.1:$PROXY_PORT/ws/bench" --connections "$CONNECTIONS" --duration "$ALT_DURATION"
-  LABEL=altmsg-$round measure haproxy-jwt_verify "$ALT_HAPROXY_PID" roundtrip \
-    --url "ws://127.0.0.1:$ALT_PORT/ws/bench" --connections "$CONNECTIONS" --duration "$ALT_DURATION"
+  # Each round measures both proxies back to back; even rounds start with HAProxy, so neither
+  # always runs right after the other's burst of handshakes.
+  pair=("auth-proxy-cached $ALT_PROXY_PID $PROXY_PORT" "haproxy-jwt_verify $ALT_HAPROXY_PID $ALT_PORT")
+  [ $((round % 2)) = 0 ] && pair=("${pair[1]}" "${pair[0]}")
+  for scenario in "alt handshakes" "altmsg roundtrip"; do # handshakes, then messages under load
+    read -r label what <<<"$scenario"
+    for target in "${pair[@]}"; do
+      read -r name pid port <<<"$target"
+      LABEL=$label-$round measure "$name" "$pid" "$what" \
+        --url "ws://127.0.0.1:$port/ws/bench" --connections "$CONNECTIONS" --duration "$ALT_DURATION"
+    done
+  done
   # Handshake latency and message round trip at one client, with direct in the same round for what
   # each proxy adds.
   for target in "direct $ECHO_PORT" "auth-proxy-cached $PROXY_PORT" "haproxy-jwt_verify $ALT_PORT"; do
