@@ -139,12 +139,8 @@ def table(rows, machine, command, date, pinned):
             "",
             f"Alternating rounds ({len(alt_hs)} × auth-proxy-cached and haproxy-jwt_verify, handshakes at "
             "the same connections, back to back, HAProxy first in even rounds): auth-proxy / HAProxy handshakes/s "
-            f"median {median(alt_hs):.2f}× (rounds {alt_hs[0]:.2f}–{alt_hs[-1]:.2f}×)"
-            + (
-                f"; CPU per handshake median {median(alt_cpu):.2f}× ({alt_cpu[0]:.2f}–{alt_cpu[-1]:.2f}×)."
-                if alt_cpu
-                else "."
-            ),
+            f"{span(alt_hs)}"
+            + (f"; CPU per handshake {span(alt_cpu)}." if alt_cpu else "."),
         ]
     alt_msg = alternating(rows, c, hx, "per_second", "altmsg-")
     alt_msg_cpu = alternating(rows, c, hx, "proxy_cpu_us_per_op", "altmsg-")
