@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, Query, State};
+use axum::extract::{OriginalUri, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
@@ -43,11 +43,23 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn handler(
     State(state): State<Arc<AppState>>,
-    Path(client_id): Path<String>,
+    OriginalUri(uri): OriginalUri,
     Query(params): Query<HashMap<String, String>>,
     Extension(identity): Extension<Identity>,
     ws: WebSocketUpgrade,
 ) -> Response {
+    // The raw segment, before axum's percent-decoding: the same grammar the edge checks.
+    let Some(Ok(client_id)) = shared::client_id::of_path(uri.path()) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(shared::error_body::ErrorBody::new(
+                "invalid_client_id",
+                &format!("The client id must be {}.", shared::client_id::GRAMMAR),
+            )),
+        )
+            .into_response();
+    };
+    let client_id = client_id.to_string();
     if state.drain.is_draining() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -640,6 +640,9 @@ impl Config {
                 self.cors.allowed_origins.join(", ")
             ));
         }
+        if self.websocket.allow_extensions {
+            w.push("websocket.allow_extensions is on: WebSocket extensions such as permessage-deflate reach the agent, and the frame and message limits count compressed bytes".into());
+        }
         if self.read_buffer_bytes != 0 {
             w.push("read_buffer_bytes has no effect any more: the edge reads its sockets without a read buffer of pingora's (the setting is kept so existing files still load)".into());
         }

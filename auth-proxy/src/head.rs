@@ -22,8 +22,16 @@ pub trait RequestView {
     fn query(&self) -> Option<&str>;
     /// The first value of a header (name in any case).
     fn header(&self, name: &str) -> Option<&[u8]>;
-    /// True for an HTTP/1.1 request with an `Upgrade` header (pingora's `is_upgrade_req`).
-    fn is_upgrade(&self) -> bool;
+    /// The protocol version is HTTP/1.1.
+    fn is_http11(&self) -> bool;
+    /// What the request's `Upgrade` headers ask for ([`upgrade_of`]).
+    fn upgrade(&self) -> Upgrade;
+
+    /// A WebSocket handshake (RFC 6455 section 4.1): HTTP/1.1 `GET` asking to upgrade to
+    /// `websocket`. The edge's own tunnel checks the rest (the agent checks the key and version).
+    fn is_websocket_handshake(&self) -> bool {
+        self.method() == "GET" && self.is_http11() && self.upgrade() == Upgrade::WebSocket
+    }
 
     /// A header's value as text, when it is visible ASCII (as `HeaderValue::to_str` reads it).
     fn header_str(&self, name: &str) -> Option<&str> {
@@ -46,8 +54,47 @@ impl RequestView for RequestHeader {
     fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers.get(name).map(|v| v.as_bytes())
     }
-    fn is_upgrade(&self) -> bool {
-        pingora::protocols::http::v1::common::is_upgrade_req(self)
+    fn is_http11(&self) -> bool {
+        self.version == http::Version::HTTP_11
+    }
+    fn upgrade(&self) -> Upgrade {
+        upgrade_of(self.headers.get_all("upgrade").iter().map(|v| v.as_bytes()))
+    }
+}
+
+/// What a request asks to upgrade to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upgrade {
+    /// No `Upgrade` header.
+    None,
+    /// A `websocket` token among its `Upgrade` values: served by the edge's own tunnel, and only
+    /// on the WebSocket endpoint.
+    WebSocket,
+    /// Anything else (`h2c`, `TLS/1.0`, ...): declined on every path, the request is served as
+    /// plain HTTP/1.1 without its upgrade headers ([`crate::headers::UPGRADE_HEADERS`]).
+    Other,
+}
+
+/// The one reading of a request's `Upgrade` header values, whichever codec parsed them and
+/// whatever the protocol version: `websocket` (any case, a `/version` suffix allowed) among the
+/// comma-separated tokens of any of them is [`Upgrade::WebSocket`].
+pub fn upgrade_of<'a>(values: impl Iterator<Item = &'a [u8]>) -> Upgrade {
+    let mut any = false;
+    for value in values {
+        any = true;
+        let websocket = value.split(|&b| b == b',').any(|token| {
+            let token = token.trim_ascii();
+            let name = token.split(|&b| b == b'/').next().unwrap_or(token);
+            name.trim_ascii().eq_ignore_ascii_case(b"websocket")
+        });
+        if websocket {
+            return Upgrade::WebSocket;
+        }
+    }
+    if any {
+        Upgrade::Other
+    } else {
+        Upgrade::None
     }
 }
 
@@ -186,9 +233,16 @@ impl RequestView for RequestHead {
             .find(|(n, _)| self.bytes[n.clone()].eq_ignore_ascii_case(name.as_bytes()))
             .map(|(_, v)| &self.bytes[v.clone()])
     }
-    fn is_upgrade(&self) -> bool {
-        // Kept heads are HTTP/1.1 ([`crate::forward::eligible`]).
-        self.header("upgrade").is_some()
+    fn is_http11(&self) -> bool {
+        // Kept heads are HTTP/1.1 ([`bodiless_origin_form`]).
+        true
+    }
+    fn upgrade(&self) -> Upgrade {
+        upgrade_of(
+            self.headers()
+                .filter(|(n, _)| n.eq_ignore_ascii_case("upgrade"))
+                .map(|(_, v)| v),
+        )
     }
 }
 
@@ -288,7 +342,7 @@ mod tests {
         assert_eq!(h.header("x-thing"), Some(&b"v"[..]), "the first value");
         assert_eq!(h.header("HOST"), Some(&b"a"[..]));
         assert_eq!(h.header("origin"), None);
-        assert!(!h.is_upgrade());
+        assert_eq!(h.upgrade(), Upgrade::None);
         assert_eq!(h.headers().count(), 3);
         let plain = head("GET / HTTP/1.1\r\nHost: a\r\n\r\n");
         assert_eq!(plain.path(), "/");
@@ -296,6 +350,35 @@ mod tests {
         let empty = head("GET /a? HTTP/1.1\r\nHost: a\r\n\r\n");
         assert_eq!(empty.path(), "/a");
         assert_eq!(empty.query(), Some(""));
+    }
+
+    #[test]
+    fn upgrade_tokens_are_read_one_way() {
+        let of = |values: &[&str]| upgrade_of(values.iter().map(|v| v.as_bytes()));
+        assert_eq!(of(&[]), Upgrade::None);
+        for ws in [
+            "websocket",
+            "WebSocket",
+            " websocket ",
+            "h2c, websocket",
+            "websocket/13",
+        ] {
+            assert_eq!(of(&[ws]), Upgrade::WebSocket, "{ws}");
+        }
+        assert_eq!(of(&["h2c", "WEBSOCKET"]), Upgrade::WebSocket, "any value");
+        for other in ["h2c", "TLS/1.0", "", "websockets", "web socket"] {
+            assert_eq!(of(&[other]), Upgrade::Other, "{other}");
+        }
+        let h = head("GET /ws/a HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nupgrade: websocket\r\n\r\n");
+        assert_eq!(h.upgrade(), Upgrade::WebSocket);
+        let mut r = RequestHeader::build("GET", b"/ws/a", None).unwrap();
+        r.append_header("upgrade", "h2c").unwrap();
+        assert_eq!(r.upgrade(), Upgrade::Other);
+        r.append_header("upgrade", "WebSocket").unwrap();
+        assert_eq!(r.upgrade(), Upgrade::WebSocket);
+        assert!(r.is_websocket_handshake());
+        r.set_version(http::Version::HTTP_10);
+        assert!(!r.is_websocket_handshake());
     }
 
     #[test]

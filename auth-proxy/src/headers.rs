@@ -67,12 +67,24 @@ pub fn loose_eq(name: &str, known: &str) -> bool {
         })
 }
 
-/// A `Connection` header value without tokens that name reserved headers; `None` if nothing is left.
+/// Headers of an upgrade a client asks for, never forwarded as sent: the edge's own tunnel sets
+/// `Upgrade: websocket` itself, and on every other path the upgrade is declined (RFC 9110
+/// section 7.8: the request is served as plain HTTP/1.1), so no path but the tunnel can switch
+/// protocols.
+pub const UPGRADE_HEADERS: [&str; 2] = ["upgrade", "http2-settings"];
+
+/// True for a header a client request never carries upstream as sent ([`UPGRADE_HEADERS`]).
+pub fn is_upgrade_header(name: &str) -> bool {
+    UPGRADE_HEADERS.iter().any(|h| name.eq_ignore_ascii_case(h))
+}
+
+/// A `Connection` header value without tokens that name reserved headers or the upgrade headers;
+/// `None` if nothing is left.
 pub fn clean_connection(value: &str) -> Option<String> {
     let kept: Vec<&str> = value
         .split(',')
         .map(str::trim)
-        .filter(|t| !t.is_empty() && !is_reserved_header(t))
+        .filter(|t| !t.is_empty() && !is_reserved_header(t) && !is_upgrade_header(t))
         .collect();
     (!kept.is_empty()).then(|| kept.join(", "))
 }
@@ -174,10 +186,11 @@ mod tests {
     #[test]
     fn connection_tokens_naming_identity_headers_are_dropped() {
         assert_eq!(
-            clean_connection("Upgrade, X-User-Id").as_deref(),
-            Some("Upgrade")
+            clean_connection("keep-alive, X-User-Id").as_deref(),
+            Some("keep-alive")
         );
         assert_eq!(clean_connection("x-identity-assertion"), None);
+        assert_eq!(clean_connection("Upgrade, HTTP2-Settings"), None);
         assert_eq!(
             clean_connection("keep-alive").as_deref(),
             Some("keep-alive")
@@ -203,8 +216,8 @@ mod tests {
             ]
         );
         assert_eq!(
-            clean_connection("Upgrade, x_user_id").as_deref(),
-            Some("Upgrade")
+            clean_connection("close, x_user_id").as_deref(),
+            Some("close")
         );
     }
 

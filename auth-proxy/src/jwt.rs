@@ -285,13 +285,15 @@ impl TimeClaims {
         if self.nbf.is_some_and(|nbf| nbf > now + leeway) {
             return Err(JwtError::NotYetValid);
         }
+        // A token issued in the future (an issuer whose clock runs ahead by more than the leeway)
+        // would also outlive every revocation by time (`iat <= T`): refused.
+        if self.iat.is_some_and(|iat| iat > now + leeway) {
+            return Err(JwtError::NotYetValid);
+        }
         if policy.max_token_age_secs > 0 {
             let iat = self.iat.ok_or(JwtError::Invalid(
                 "iat is required when max_token_age_secs is set",
             ))?;
-            if iat > now + leeway {
-                return Err(JwtError::NotYetValid);
-            }
             if now - iat > policy.max_token_age_secs as f64 + leeway {
                 return Err(JwtError::Expired);
             }
@@ -398,6 +400,22 @@ mod tests {
             t(json!({"exp": (NOW - 100) as f64 + 0.5})),
             Err(JwtError::Expired)
         );
+    }
+
+    #[test]
+    fn an_iat_in_the_future_is_refused_beyond_the_leeway() {
+        // The default policy: no max age, News Nexus tokens ({id, iat}).
+        let t = |v| check_times(&claims(v), NOW, &POLICY);
+        assert_eq!(t(json!({"id": 1, "iat": NOW + 29})), Ok(()));
+        assert_eq!(
+            t(json!({"id": 1, "iat": NOW + 31})),
+            Err(JwtError::NotYetValid)
+        );
+        assert_eq!(
+            t(json!({"id": 1, "iat": NOW + 86_400 * 365})),
+            Err(JwtError::NotYetValid)
+        );
+        assert_eq!(t(json!({"id": 1, "iat": NOW - 86_400})), Ok(()));
     }
 
     #[test]

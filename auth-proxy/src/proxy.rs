@@ -30,7 +30,7 @@ use shared::identity::{BoundRequest, Identity};
 use tracing::{info, warn};
 
 use crate::cors;
-use crate::head::RequestView;
+use crate::head::{RequestView, Upgrade};
 use crate::headers;
 use crate::reject::Reject;
 use crate::revocations::TokenFacts;
@@ -50,6 +50,11 @@ pub struct Edge {
 impl Edge {
     pub fn new(state: Arc<AppState>) -> Edge {
         Edge { state }
+    }
+
+    /// The edge's settings.
+    pub(crate) fn config(&self) -> &crate::config::Config {
+        &self.state.config
     }
 }
 
@@ -115,11 +120,13 @@ pub struct UpstreamEdits {
 impl UpstreamEdits {
     /// True for a client header that must not reach the agent: a reserved identity header (any
     /// spelling), `Authorization` when stripped, a forwarding header only the edge or a trusted
-    /// proxy may send, or one the edge sets itself.
+    /// proxy may send, an upgrade header (only the tunnel upgrades, and it sets its own), or one
+    /// the edge sets itself.
     pub fn drops(&self, name: &str) -> bool {
         (self.strip_authorization && name.eq_ignore_ascii_case("authorization"))
             || shared::identity::is_reserved_header(name)
             || headers::forwarding_dropped(name, self.peer_trusted)
+            || headers::is_upgrade_header(name)
             || self.added.iter().any(|(n, _)| name.eq_ignore_ascii_case(n))
     }
 }
@@ -256,8 +263,9 @@ impl ProxyHttp for Edge {
 
 impl Edge {
     /// The request the upstream gets: the token and `Authorization` stripped (unless
-    /// `forward_credentials`), client identity headers deleted, the signed identity, request id and
-    /// forwarded headers added ([`Edge::upstream_edits`], applied to pingora's header map).
+    /// `forward_credentials`), client identity and upgrade headers deleted, the signed identity,
+    /// request id and forwarded headers added ([`Edge::upstream_edits`], applied to pingora's
+    /// header map by [`apply_edits`]).
     pub(crate) fn prepare_upstream_request(
         &self,
         upstream: &mut RequestHeader,
@@ -270,28 +278,7 @@ impl Edge {
             upstream.uri.query(),
             ctx,
         );
-        if let Some(target) = &edits.target {
-            upstream.set_uri(
-                target
-                    .parse()
-                    .map_err(|_| Error::explain(HTTPStatus(400), "bad request URI"))?,
-            );
-        }
-        let dropped: Vec<String> = upstream
-            .headers
-            .keys()
-            .map(|k| k.as_str())
-            .filter(|k| edits.drops(k))
-            .map(str::to_string)
-            .collect();
-        for name in dropped {
-            upstream.remove_header(&name);
-        }
-        clean_connection_header(upstream)?;
-        for (name, value) in edits.added {
-            upstream.insert_header(name, value)?;
-        }
-        Ok(())
+        apply_edits(upstream, edits)
     }
 
     /// How a request changes on its way to the agent, whichever codec writes it: the target
@@ -444,9 +431,9 @@ impl Edge {
         req: &R,
         ctx: &mut RequestCtx,
     ) -> std::result::Result<(), Reject> {
-        if routes::check_raw_path(req.path()).is_err() {
-            ctx.outcome = Reject::BadPath.code();
-            return Err(Reject::BadPath);
+        if let Err(reject) = request_shape(req, ctx.route) {
+            ctx.outcome = reject.code();
+            return Err(reject);
         }
         if self.state.health.is_draining() {
             ctx.outcome = Reject::ShuttingDown.code();
@@ -514,10 +501,10 @@ impl Edge {
                 return Err(Reject::AuthUnavailable);
             }
         };
-        if ctx.route == Route::Admin && !user.is_admin {
+        if s.routes.requires_admin(req.path()) && !user.is_admin {
             return Err(Reject::Forbidden);
         }
-        if ctx.route == Route::WebSocket && !req.is_upgrade() {
+        if ctx.route == Route::WebSocket && !req.is_websocket_handshake() {
             return Err(Reject::WebSocketRequired);
         }
         Ok((user, facts))
@@ -574,6 +561,26 @@ impl Edge {
         session
             .write_response_body(Some(Bytes::from(body)), true)
             .await
+    }
+}
+
+/// The checks on a request's shape that come before anything else, on every path: the raw path
+/// ([`routes::check_raw_path`]), the client id of the WebSocket endpoint ([`shared::client_id`]),
+/// and a WebSocket handshake anywhere but on that endpoint (only the edge's own tunnel upgrades).
+pub(crate) fn request_shape<R: RequestView + ?Sized>(
+    req: &R,
+    route: Route,
+) -> std::result::Result<(), Reject> {
+    if routes::check_raw_path(req.path()).is_err() {
+        return Err(Reject::BadPath);
+    }
+    match route {
+        Route::WebSocket => match shared::client_id::of_path(req.path()) {
+            Some(Ok(_)) => Ok(()),
+            _ => Err(Reject::InvalidClientId),
+        },
+        _ if req.upgrade() == Upgrade::WebSocket => Err(Reject::UpgradeNotAllowed),
+        _ => Ok(()),
     }
 }
 
@@ -653,6 +660,33 @@ pub(crate) async fn answer_then_close(
     {
         let _ = session.write_response_body(body, true).await;
     }
+}
+
+/// Applies [`UpstreamEdits`] to pingora's header map: the target, the client headers they drop,
+/// `Connection` tokens naming identity or upgrade headers, then the headers the edge sets.
+pub(crate) fn apply_edits(upstream: &mut RequestHeader, edits: UpstreamEdits) -> Result<()> {
+    if let Some(target) = &edits.target {
+        upstream.set_uri(
+            target
+                .parse()
+                .map_err(|_| Error::explain(HTTPStatus(400), "bad request URI"))?,
+        );
+    }
+    let dropped: Vec<String> = upstream
+        .headers
+        .keys()
+        .map(|k| k.as_str())
+        .filter(|k| edits.drops(k))
+        .map(str::to_string)
+        .collect();
+    for name in dropped {
+        upstream.remove_header(&name);
+    }
+    clean_connection_header(upstream)?;
+    for (name, value) in edits.added {
+        upstream.insert_header(name, value)?;
+    }
+    Ok(())
 }
 
 /// True when a request is a CORS preflight.

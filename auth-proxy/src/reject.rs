@@ -28,6 +28,13 @@ pub enum Reject {
     ShuttingDown,
     /// The raw path holds a dot-segment, an encoded slash, dot or backslash, or an empty segment.
     BadPath,
+    /// The request (its head, or what the edge would forward of it) cannot be read or written as
+    /// HTTP/1.1 without guessing.
+    Malformed,
+    /// A path of the WebSocket endpoint whose client id is outside [`shared::client_id`]'s grammar.
+    InvalidClientId,
+    /// A WebSocket handshake on a path that is not the WebSocket endpoint.
+    UpgradeNotAllowed,
 }
 
 impl Reject {
@@ -40,7 +47,7 @@ impl Reject {
             WebSocketRequired => 426,
             RateLimited => 429,
             UpstreamUnavailable => 502,
-            BadPath => 400,
+            BadPath | Malformed | InvalidClientId | UpgradeNotAllowed => 400,
             AuthUnavailable | ShuttingDown => 503,
         }
     }
@@ -62,7 +69,9 @@ impl Reject {
             WebSocketRequired => "websocket_required",
             UpstreamUnavailable => "upstream_unavailable",
             ShuttingDown => "shutting_down",
-            BadPath => "bad_request",
+            BadPath | Malformed => "bad_request",
+            InvalidClientId => "invalid_client_id",
+            UpgradeNotAllowed => "upgrade_not_allowed",
         }
     }
 
@@ -88,6 +97,11 @@ impl Reject {
             BadPath => {
                 "The path may not contain '.' or '..' segments, empty segments, backslashes or encoded '/', '.', '\\' or '%'."
             }
+            Malformed => "The request could not be parsed.",
+            InvalidClientId => {
+                "The client id in /ws/{client_id} must be 1 to 128 characters of A-Z, a-z, 0-9, '.', '_' and '-'."
+            }
+            UpgradeNotAllowed => "WebSocket upgrades are accepted on /ws/{client_id} only.",
         }
     }
 
@@ -151,5 +165,21 @@ mod tests {
             serde_json::from_slice(&Reject::InvalidToken("bad signature").body()).unwrap();
         assert_eq!(body["error"], "invalid_token");
         assert!(!body.to_string().contains("bad signature"));
+        for r in [
+            Reject::BadPath,
+            Reject::Malformed,
+            Reject::InvalidClientId,
+            Reject::UpgradeNotAllowed,
+        ] {
+            assert_eq!(r.status(), 400);
+            assert!(!r.is_auth_failure());
+        }
+    }
+
+    #[test]
+    fn the_client_id_message_states_the_shared_grammar() {
+        assert!(Reject::InvalidClientId
+            .message()
+            .contains(shared::client_id::GRAMMAR));
     }
 }

@@ -23,7 +23,7 @@ use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::tunnels::{CloseRequest, TunnelLease, CLOSE_GOING_AWAY};
-use crate::wsframe::{self, Advance, FrameTracker, Limits, Violation};
+use crate::wsframe::{self, Advance, FrameTracker, Limits, Violation, HELD_ROOM};
 
 /// Size of the per-thread scratch buffer every read goes through.
 const SCRATCH_BYTES: usize = 16 * 1024;
@@ -157,7 +157,8 @@ impl Half {
             }
             let step = SCRATCH.with(|scratch| {
                 let mut scratch = scratch.borrow_mut();
-                let mut rb = ReadBuf::new(&mut scratch[..]);
+                // Read after room for the bytes of a frame header held from the last read.
+                let mut rb = ReadBuf::new(&mut scratch[HELD_ROOM..]);
                 match Pin::new(&mut *src).poll_read(cx, &mut rb) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
@@ -169,9 +170,9 @@ impl Half {
                     return Poll::Ready(Ok(Some(Event::Eof)));
                 }
                 *active = true;
-                let data = &scratch[..n];
+                let data = self.frames.with_held(&mut scratch[..], n);
                 let forward = match self.frames.advance(data, limits) {
-                    Advance::Forward => n,
+                    Advance::Forward(forward) => forward,
                     Advance::Cut { forward, violation } => {
                         self.cut = Some(violation);
                         forward
@@ -239,16 +240,19 @@ where
     let mut up = Half::default(); // client -> agent
     let mut down = Half::default(); // agent -> client
     if !to_client_first.is_empty() {
-        match down.frames.advance(&to_client_first, &Limits::NONE) {
-            Advance::Forward => {}
-            Advance::Cut { violation, .. } => down.cut = Some(violation),
-        }
-        down.bytes += to_client_first.len() as u64;
-        counters.to_client.inc_by(to_client_first.len() as u64);
-        down.spill = Some(Box::new(Spill {
-            buf: to_client_first,
-            at: 0,
-        }));
+        let mut first = to_client_first;
+        let forward = match down.frames.advance(&first, &Limits::NONE) {
+            Advance::Forward(forward) => forward,
+            Advance::Cut { forward, violation } => {
+                down.cut = Some(violation);
+                forward
+            }
+        };
+        // A header not whole yet stays held, to go out in front of the agent's next bytes.
+        first.truncate(forward);
+        down.bytes += first.len() as u64;
+        counters.to_client.inc_by(first.len() as u64);
+        down.spill = Some(Box::new(Spill { buf: first, at: 0 }));
         down.unflushed = true;
     }
     let mut last_active = Instant::now();
@@ -431,13 +435,14 @@ async fn discard_until_close<S: AsyncRead + Unpin>(
     src: &mut S,
     frames: &mut FrameTracker,
 ) -> io::Result<()> {
-    let mut buf = [0u8; 512];
+    let mut buf = [0u8; HELD_ROOM + 512];
     while !(frames.saw_close() && frames.at_boundary()) {
-        let n = src.read(&mut buf).await?;
+        let n = src.read(&mut buf[HELD_ROOM..]).await?;
         if n == 0 {
             break;
         }
-        if let Advance::Cut { .. } = frames.advance(&buf[..n], &Limits::NONE) {
+        let chunk = frames.with_held(&mut buf, n);
+        if let Advance::Cut { .. } = frames.advance(chunk, &Limits::NONE) {
             break;
         }
     }
@@ -483,6 +488,7 @@ mod tests {
             to_upstream: Limits {
                 max_frame: 100,
                 max_message: 100,
+                reserved_bits: false,
             },
             idle: Duration::from_secs(30),
         }

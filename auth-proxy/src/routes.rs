@@ -16,7 +16,9 @@ pub const BUILT_IN_PUBLIC: [&str; 2] = ["/health", "/api/info"];
 pub enum Route {
     /// Forwarded without authentication.
     Public,
-    /// `/ws/{client_id}`: authentication and a WebSocket upgrade.
+    /// `/ws` and everything under `/ws/`: the WebSocket endpoint, served only by the edge's own
+    /// tunnel. Authentication and a WebSocket upgrade; the rest of the path must be a valid client
+    /// id ([`shared::client_id`]), else 400 `invalid_client_id`.
     WebSocket,
     /// Authentication and `isAdmin`.
     Admin,
@@ -56,18 +58,15 @@ impl Routes {
         }
     }
 
-    /// Admin rules win over public ones, so a misconfigured overlap fails closed.
+    /// The WebSocket endpoint is its own route whatever else matches (an admin rule on it makes
+    /// it admin-only: [`Routes::requires_admin`]); then admin rules win over public ones, so a
+    /// misconfigured overlap fails closed.
     pub fn classify(&self, path: &str) -> Route {
-        if self.admin_paths.iter().any(|p| p == path)
-            || self
-                .admin_prefixes
-                .iter()
-                .any(|p| path.starts_with(p.as_str()))
-        {
-            return Route::Admin;
-        }
-        if is_websocket_path(path) {
+        if shared::client_id::of_path(path).is_some() {
             return Route::WebSocket;
+        }
+        if self.requires_admin(path) {
+            return Route::Admin;
         }
         if self.public_paths.iter().any(|p| p == path)
             || self
@@ -78,6 +77,15 @@ impl Routes {
             return Route::Public;
         }
         Route::Api
+    }
+
+    /// True when an admin rule covers `path` (on any route): the user must have `isAdmin`.
+    pub fn requires_admin(&self, path: &str) -> bool {
+        self.admin_paths.iter().any(|p| p == path)
+            || self
+                .admin_prefixes
+                .iter()
+                .any(|p| path.starts_with(p.as_str()))
     }
 }
 
@@ -132,17 +140,6 @@ fn has_encoded_separator(path: &str) -> bool {
     })
 }
 
-/// `/ws/{client_id}` with one non-empty segment of at most 128 URL-safe characters.
-pub fn is_websocket_path(path: &str) -> bool {
-    path.strip_prefix("/ws/").is_some_and(|id| {
-        !id.is_empty()
-            && id.len() <= 128
-            && id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,8 +169,14 @@ mod tests {
         assert_eq!(r.classify("/api/chat/sessions"), Route::Api);
         assert_eq!(r.classify("/"), Route::Api);
         assert_eq!(r.classify("/health/"), Route::Api);
-        assert_eq!(r.classify("/ws/"), Route::Api);
-        assert_eq!(r.classify("/ws/a/b"), Route::Api);
+        // Every path of the endpoint is its route, whatever follows: one door, and the
+        // decision refuses an id outside the grammar.
+        assert_eq!(r.classify("/ws/"), Route::WebSocket);
+        assert_eq!(r.classify("/ws"), Route::WebSocket);
+        assert_eq!(r.classify("/ws/a/b"), Route::WebSocket);
+        assert_eq!(r.classify("/ws/6f1c2b1e~x"), Route::WebSocket);
+        assert_eq!(r.classify("/ws/%41"), Route::WebSocket);
+        assert_eq!(r.classify("/wsx"), Route::Api);
         assert_eq!(r.classify("/api/info/../admin"), Route::Api);
     }
 

@@ -6,7 +6,7 @@
 //!    is answered here as JSON, before any upstream contact and before the upgrade; or, with
 //!    `ws.reject_with = "close"`, as an upgrade the edge completes itself and closes at once.
 //! 3. The edge connects the agent, forwards the sanitised handshake with the signed identity
-//!    ([`Edge::prepare_upstream_request`] after [`upgrade_request`]), and reads the agent's answer.
+//!    ([`Edge::upstream_edits`] after [`strip_hop_by_hop`]), and reads the agent's answer.
 //!    A non-101 answer is passed to the client and the connection closes.
 //! 4. On 101 the answer goes to the client, the relay takes both sockets as they are, the tunnel is
 //!    registered in [`crate::tunnels`] (closable from outside), and [`crate::relay`] moves bytes
@@ -30,7 +30,8 @@ use crate::admission::Ticket;
 use crate::client_socket::ClientSocket;
 use crate::head::{write_upstream_request, RequestHead, RequestView};
 use crate::proxy::{
-    answer_then_close, insert_cors, respond_json, start_request, Edge, RequestCtx, CONNECT_TIMEOUT,
+    answer_then_close, apply_edits, insert_cors, respond_json, start_request, Edge, RequestCtx,
+    CONNECT_TIMEOUT,
 };
 use crate::reject::Reject;
 use crate::relay::{relay, RelayConfig, RelayCounters};
@@ -54,6 +55,11 @@ pub struct WebSocketConfig {
     pub max_frame_bytes: u64,
     /// Largest message (all its fragments) a client may send toward the agent; over it: close 1009.
     pub max_message_bytes: u64,
+    /// Forward the client's `Sec-WebSocket-Extensions` (e.g. `permessage-deflate`). Off by default:
+    /// the edge cannot read compressed frames, so its limits would count compressed bytes; with it
+    /// off, the offer is removed from the handshake, an agent that answers with an extension
+    /// anyway is refused (502), and a frame with a reserved bit set closes the tunnel (1002).
+    pub allow_extensions: bool,
 }
 
 impl Default for WebSocketConfig {
@@ -61,9 +67,13 @@ impl Default for WebSocketConfig {
         WebSocketConfig {
             max_frame_bytes: 16 << 20,
             max_message_bytes: 16 << 20,
+            allow_extensions: false,
         }
     }
 }
+
+/// Headers of a client's handshake the edge cannot police, removed unless allowed.
+const EXTENSION_HEADER: &str = "sec-websocket-extensions";
 
 /// The client side of a handshake: the request as read, and its connection.
 pub enum Client {
@@ -109,16 +119,28 @@ impl Client {
                 }));
                 let mut drop: Vec<&str> = UPGRADE_HOP_BY_HOP.to_vec();
                 drop.extend(nominated.iter().map(String::as_str));
+                if !edge.config().websocket.allow_extensions {
+                    drop.push(EXTENSION_HEADER);
+                }
                 let mut wire = Vec::with_capacity(head.bytes().len() + 512);
                 write_upstream_request(&mut wire, head, &edits, &drop).ok()?;
                 Some(wire)
             }
             Client::Session(session) => {
                 let mut request = session.req_header().clone();
-                let method = request.method.clone();
-                upgrade_request(&mut request).ok()?;
-                edge.prepare_upstream_request(&mut request, &method, ctx)
-                    .ok()?;
+                strip_hop_by_hop(&mut request);
+                if !edge.config().websocket.allow_extensions {
+                    request.remove_header(EXTENSION_HEADER);
+                }
+                let mut edits = edge.upstream_edits(
+                    request.method.as_str(),
+                    request.uri.path(),
+                    request.uri.query(),
+                    ctx,
+                );
+                edits.added.push(("connection", "Upgrade".into()));
+                edits.added.push(("upgrade", "websocket".into()));
+                apply_edits(&mut request, edits).ok()?;
                 http_req_header_to_wire(&request).map(|b| b.to_vec())
             }
         }
@@ -358,13 +380,22 @@ async fn open(state: &AppState, edge: &Edge, client: &Client, ctx: &mut RequestC
         Ok(Err(e)) => return Opened::Failed(e.kind().to_string()),
         Err(_) => return Opened::Failed("connect timeout".into()),
     }
-    let (head_len, status, bytes) =
-        match timeout(HANDSHAKE_TIMEOUT, read_response_head(&mut upstream)).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => return Opened::Failed(e),
-            Err(_) => return Opened::Failed("handshake timeout".into()),
-        };
+    let (answer, bytes) = match timeout(HANDSHAKE_TIMEOUT, read_response_head(&mut upstream)).await
+    {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return Opened::Failed(e),
+        Err(_) => return Opened::Failed("handshake timeout".into()),
+    };
     ctx.responded = Some(ctx.started.elapsed());
+    let AnswerHead {
+        len: head_len,
+        status,
+        extensions,
+    } = answer;
+    if status == 101 && extensions && !state.config.websocket.allow_extensions {
+        // The client's offer was removed: an extension now would be one the edge cannot police.
+        return Opened::Failed("the agent answered with an extension that was not offered".into());
+    }
     let head = with_request_id(&bytes[..head_len], &ctx.request_id);
     let rest = bytes.freeze().slice(head_len..);
     if status == 101 {
@@ -475,6 +506,7 @@ async fn run(state: Arc<AppState>, e: Box<Established>, ticket: Ticket) {
         to_upstream: Limits {
             max_frame: ws.max_frame_bytes,
             max_message: ws.max_message_bytes,
+            reserved_bits: ws.allow_extensions,
         },
         idle: state.websocket_idle_timeout(),
     };
@@ -514,78 +546,28 @@ async fn run(state: Arc<AppState>, e: Box<Established>, ticket: Ticket) {
     drop(ticket);
 }
 
-/// `Sec-WebSocket-Accept` for a client's `Sec-WebSocket-Key` (RFC 6455 section 4.2.2).
-pub fn accept_key(key: &[u8]) -> String {
-    use base64::Engine;
-    use sha1::{Digest, Sha1};
-    let mut sha = Sha1::new();
-    sha.update(key);
-    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
-    base64::engine::general_purpose::STANDARD.encode(sha.finalize())
-}
-
-/// Completes a WebSocket upgrade at the edge itself and closes it at once with `code` and
-/// `reason`: for refusals a browser must see as a close code (it cannot read an HTTP refusal's
-/// status). The agent is never contacted. `Err` if the request is not a WebSocket handshake.
-pub async fn accept_and_close(
-    session: ServerSession,
-    code: u16,
-    reason: &str,
-    request_id: &str,
-) -> std::io::Result<()> {
-    let Some(key) = session
-        .get_header("sec-websocket-key")
-        .map(|k| k.as_bytes().to_vec())
-    else {
-        return Err(std::io::ErrorKind::InvalidInput.into());
-    };
-    let Some(mut client) = Client::Session(Box::new(session)).into_stream() else {
-        return Err(std::io::ErrorKind::Unsupported.into());
-    };
-    let head = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\
-         sec-websocket-accept: {}\r\nx-request-id: {request_id}\r\n\r\n",
-        accept_key(&key)
-    );
-    let mut frames = crate::wsframe::FrameTracker::new();
-    timeout(HANDSHAKE_TIMEOUT, async {
-        client.write_all(head.as_bytes()).await?;
-        client
-            .write_all(&crate::wsframe::close_frame(code, reason))
-            .await?;
-        client.flush().await?;
-        // Wait for the client's close frame (or its end), then close.
-        let mut buf = [0u8; 512];
-        while !(frames.saw_close() && frames.at_boundary()) {
-            let n = client.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            if let crate::wsframe::Advance::Cut { .. } = frames.advance(&buf[..n], &Limits::NONE) {
-                break;
-            }
-        }
-        client.shutdown().await
-    })
-    .await
-    .unwrap_or(Err(std::io::ErrorKind::TimedOut.into()))
-}
-
-/// The handshake for the agent: hop-by-hop headers and any header the client named in
-/// `Connection` removed, then `Connection: Upgrade` and `Upgrade: websocket` (the only upgrade
-/// forwarded). The same policy pingora-proxy applies to the plain HTTP path.
-pub fn upgrade_request(req: &mut RequestHeader) -> pingora::Result<()> {
+/// Removes from a handshake for the agent the hop-by-hop headers and any header the client named
+/// in `Connection` (the edits then add `Connection: Upgrade` and `Upgrade: websocket`, the only
+/// upgrade forwarded). The same policy the edge's own codec applies to a kept head.
+pub fn strip_hop_by_hop(req: &mut RequestHeader) {
     let connection = req.headers.get_all("connection");
     let named = nominated(connection.iter().filter_map(|v| v.to_str().ok()));
     for name in named.iter().map(String::as_str).chain(UPGRADE_HOP_BY_HOP) {
         req.remove_header(name);
     }
-    req.insert_header("connection", "Upgrade")?;
-    req.insert_header("upgrade", "websocket")
 }
 
-/// Reads the agent's answer head: (head length, status, all bytes read so far).
-async fn read_response_head(upstream: &mut TcpStream) -> Result<(usize, u16, BytesMut), String> {
+/// What the agent's answer head says.
+struct AnswerHead {
+    /// Length of the head in bytes.
+    len: usize,
+    status: u16,
+    /// It carries `Sec-WebSocket-Extensions`.
+    extensions: bool,
+}
+
+/// Reads the agent's answer head, and all bytes read so far.
+async fn read_response_head(upstream: &mut TcpStream) -> Result<(AnswerHead, BytesMut), String> {
     let mut bytes = BytesMut::with_capacity(1024);
     loop {
         match upstream.read_buf(&mut bytes).await {
@@ -597,8 +579,15 @@ async fn read_response_head(upstream: &mut TcpStream) -> Result<(usize, u16, Byt
         let mut resp = httparse::Response::new(&mut headers);
         match resp.parse(&bytes) {
             Ok(httparse::Status::Complete(n)) => {
-                let status = resp.code.unwrap_or(0);
-                return Ok((n, status, bytes));
+                let answer = AnswerHead {
+                    len: n,
+                    status: resp.code.unwrap_or(0),
+                    extensions: resp
+                        .headers
+                        .iter()
+                        .any(|h| h.name.eq_ignore_ascii_case(EXTENSION_HEADER)),
+                };
+                return Ok((answer, bytes));
             }
             Ok(httparse::Status::Partial) if bytes.len() < MAX_RESPONSE_HEAD => {}
             Ok(httparse::Status::Partial) => return Err("answer head too large".into()),
@@ -672,7 +661,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_upgrade_request_keeps_only_the_websocket_upgrade() {
+    fn the_handshake_for_the_agent_keeps_only_the_websocket_upgrade() {
         let mut req = RequestHeader::build("GET", b"/ws/a", None).unwrap();
         req.insert_header("connection", "keep-alive, Upgrade, X-Secret")
             .unwrap();
@@ -680,11 +669,11 @@ mod tests {
         req.insert_header("x-secret", "s").unwrap();
         req.insert_header("keep-alive", "timeout=5").unwrap();
         req.insert_header("sec-websocket-key", "abc").unwrap();
-        upgrade_request(&mut req).unwrap();
+        strip_hop_by_hop(&mut req);
         assert!(req.headers.get("x-secret").is_none());
         assert!(req.headers.get("keep-alive").is_none());
-        assert_eq!(req.headers.get("connection").unwrap(), "Upgrade");
-        assert_eq!(req.headers.get("upgrade").unwrap(), "websocket");
+        assert!(req.headers.get("connection").is_none());
+        assert!(req.headers.get("upgrade").is_none());
         assert_eq!(req.headers.get("sec-websocket-key").unwrap(), "abc");
     }
 
@@ -721,14 +710,6 @@ mod tests {
     fn connection_nominates_hop_by_hop_headers_but_not_the_upgrade_itself() {
         let named = nominated(["keep-alive, Upgrade, X-Secret", " host ,, connection"].into_iter());
         assert_eq!(named, vec!["keep-alive", "x-secret"]);
-    }
-
-    #[test]
-    fn accept_key_matches_rfc_6455() {
-        assert_eq!(
-            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-        );
     }
 
     #[test]

@@ -4,6 +4,11 @@
 //!
 //! Pure logic: [`FrameTracker::advance`] is fed each chunk read from one direction of a tunnel and
 //! says how many bytes of it may be forwarded; [`close_frame`] builds the close frames the edge sends.
+//!
+//! A frame header is forwarded only once it is whole and has passed the checks: when a chunk ends
+//! inside one, its first bytes are held ([`FrameTracker::held`]) and go in front of the next
+//! chunk, so not one byte of a frame that breaks the limits reaches the agent, however the
+//! client splits it.
 
 /// Close code: protocol error.
 pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
@@ -20,14 +25,23 @@ pub struct Limits {
     pub max_frame: u64,
     /// Largest data message (the payloads of its fragments together).
     pub max_message: u64,
+    /// Frames may set the reserved bits RSV1-3: only when an extension (such as
+    /// `permessage-deflate`) was negotiated; without one they are a protocol error (RFC 6455
+    /// section 5.2), so compressed data cannot pass limits that count its compressed size.
+    pub reserved_bits: bool,
 }
 
 impl Limits {
     pub const NONE: Limits = Limits {
         max_frame: u64::MAX,
         max_message: u64::MAX,
+        reserved_bits: true,
     };
 }
+
+/// Room a reader leaves in front of the bytes it reads, for [`FrameTracker::held`] (a header is
+/// at most 14 bytes, so at most 13 are ever held).
+pub const HELD_ROOM: usize = 13;
 
 /// Why a stream of frames was cut.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,8 +66,9 @@ impl Violation {
 /// The result of feeding one chunk to a tracker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Advance {
-    /// The whole chunk may be forwarded.
-    Forward,
+    /// The first `n` bytes may be forwarded; the rest (the start of a frame header that is not
+    /// whole yet) is held by the tracker and must come first in the next chunk.
+    Forward(usize),
     /// Only the first `forward` bytes may be forwarded; then the tunnel must close.
     Cut {
         forward: usize,
@@ -91,9 +106,10 @@ impl FrameTracker {
         FrameTracker::default()
     }
 
-    /// Between two frames: a frame injected now would not split another one.
+    /// Between two frames, as far as the forwarded bytes go (held header bytes were not
+    /// forwarded): a frame injected now would not split another one.
     pub fn at_boundary(&self) -> bool {
-        self.header_len == 0 && self.payload_left == 0
+        self.payload_left == 0
     }
 
     /// A close frame has passed in this direction.
@@ -101,10 +117,29 @@ impl FrameTracker {
         self.saw_close
     }
 
-    /// Follows `chunk` (the next bytes of this direction) and says how much of it may be forwarded.
+    /// The first bytes of a frame header that was not whole at the end of the last chunk: not
+    /// forwarded, they must be given back at the front of the next chunk to [`Self::advance`].
+    pub fn held(&self) -> &[u8] {
+        &self.header[..self.header_len as usize]
+    }
+
+    /// Puts [`Self::held`] in front of the `n` bytes a reader put at `buf[HELD_ROOM..]`, and
+    /// returns the chunk to give to [`Self::advance`].
+    pub fn with_held<'b>(&self, buf: &'b mut [u8], n: usize) -> &'b [u8] {
+        let held = self.held();
+        let start = HELD_ROOM - held.len();
+        buf[start..HELD_ROOM].copy_from_slice(held);
+        &buf[start..HELD_ROOM + n]
+    }
+
+    /// Follows `chunk` (the held bytes, then the next bytes of this direction) and says how much of
+    /// it may be forwarded now.
     pub fn advance(&mut self, chunk: &[u8], limits: &Limits) -> Advance {
+        debug_assert!(chunk.starts_with(self.held()), "the held bytes come first");
+        // The held bytes are at the front of `chunk`: the header is read again from there.
+        self.header_len = 0;
         let mut at = 0;
-        // Where the header being read started in this chunk (0 if it started in an earlier one).
+        // Where the header being read started in this chunk.
         let mut header_start = 0;
         while at < chunk.len() {
             if self.payload_left > 0 {
@@ -140,13 +175,18 @@ impl FrameTracker {
                 };
             }
         }
-        Advance::Forward
+        if self.header_len > 0 {
+            Advance::Forward(header_start)
+        } else {
+            Advance::Forward(chunk.len())
+        }
     }
 
     /// A whole header is in `self.header`: check it and start its payload.
     fn frame_complete(&mut self, limits: &Limits) -> Result<(), Violation> {
         let h = &self.header;
         let fin = h[0] & 0x80 != 0;
+        let reserved = h[0] & 0x70 != 0;
         let opcode = h[0] & 0x0f;
         let len = match h[1] & 0x7f {
             126 => u64::from(u16::from_be_bytes([h[2], h[3]])),
@@ -154,6 +194,11 @@ impl FrameTracker {
             n => u64::from(n),
         };
         self.header_len = 0;
+        if reserved && !limits.reserved_bits {
+            return Err(Violation::Protocol(
+                "reserved bits set without an extension",
+            ));
+        }
         if opcode >= 0x8 {
             if opcode > 0xA {
                 return Err(Violation::Protocol("reserved opcode"));
@@ -244,10 +289,12 @@ mod tests {
         Limits {
             max_frame: frame,
             max_message: message,
+            reserved_bits: false,
         }
     }
 
-    /// Feeds `bytes` in chunks of `step`; returns the total forwarded and the violation, if any.
+    /// Feeds `bytes` in chunks of `step` as the relay does (held bytes first); returns the total
+    /// forwarded and the violation, if any.
     fn feed(
         t: &mut FrameTracker,
         bytes: &[u8],
@@ -255,15 +302,73 @@ mod tests {
         l: &Limits,
     ) -> (usize, Option<Violation>) {
         let mut forwarded = 0;
-        for chunk in bytes.chunks(step) {
-            match t.advance(chunk, l) {
-                Advance::Forward => forwarded += chunk.len(),
+        let mut buf = vec![0u8; HELD_ROOM + step];
+        for piece in bytes.chunks(step) {
+            buf[HELD_ROOM..HELD_ROOM + piece.len()].copy_from_slice(piece);
+            let chunk = t.with_held(&mut buf, piece.len()).to_vec();
+            match t.advance(&chunk, l) {
+                Advance::Forward(n) => forwarded += n,
                 Advance::Cut { forward, violation } => {
                     return (forwarded + forward, Some(violation))
                 }
             }
         }
         (forwarded, None)
+    }
+
+    #[test]
+    fn no_byte_of_an_oversized_frame_passes_however_it_is_split() {
+        let ok = frame(true, OP_TEXT, 10, true);
+        // 64-bit length: a 14-byte header for a 70,000-byte frame over a 1,000-byte limit.
+        let big = frame(true, OP_BINARY, 70_000, true);
+        let stream = [ok.clone(), big].concat();
+        for step in [1, 2, 3, 5, 13, 14, 15, 100, stream.len()] {
+            let mut t = FrameTracker::new();
+            let (forwarded, violation) = feed(&mut t, &stream, step, &limits(1000, 10_000));
+            assert_eq!(violation, Some(Violation::TooBig), "step {step}");
+            assert_eq!(forwarded, ok.len(), "step {step}: only the frame before");
+        }
+    }
+
+    #[test]
+    fn a_partial_header_is_held_then_forwarded_whole() {
+        let f = frame(true, OP_TEXT, 300, true); // 8-byte header
+        let mut t = FrameTracker::new();
+        assert_eq!(t.advance(&f[..5], &Limits::NONE), Advance::Forward(0));
+        assert_eq!(t.held(), &f[..5]);
+        assert!(t.at_boundary(), "nothing of the frame went out yet");
+        let mut buf = [0u8; HELD_ROOM + 10];
+        buf[HELD_ROOM..HELD_ROOM + 10].copy_from_slice(&f[5..15]);
+        let chunk = t.with_held(&mut buf, 10).to_vec();
+        assert_eq!(chunk, &f[..15]);
+        assert_eq!(t.advance(&chunk, &Limits::NONE), Advance::Forward(15));
+        assert!(t.held().is_empty());
+        assert!(!t.at_boundary(), "inside the payload");
+    }
+
+    #[test]
+    fn reserved_bits_need_an_extension() {
+        let mut compressed = frame(true, OP_TEXT, 5, true);
+        compressed[0] |= 0x40; // RSV1: permessage-deflate
+        let mut t = FrameTracker::new();
+        assert_eq!(
+            feed(&mut t, &compressed, 64, &limits(1000, 1000)),
+            (
+                0,
+                Some(Violation::Protocol(
+                    "reserved bits set without an extension"
+                ))
+            )
+        );
+        let allowed = Limits {
+            reserved_bits: true,
+            ..limits(1000, 1000)
+        };
+        let mut t = FrameTracker::new();
+        assert_eq!(
+            feed(&mut t, &compressed, 64, &allowed),
+            (compressed.len(), None)
+        );
     }
 
     #[test]

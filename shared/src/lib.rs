@@ -5,7 +5,9 @@
 //! - [`frames`]: the WebSocket frames of the Fluxion00Web protocol, client to server and back.
 //! - [`status_log`]: the `agent_progress` frames that make up the live status log.
 //! - [`error_body`]: the JSON error body every rejection uses.
+//! - [`client_id`]: the grammar of the `{client_id}` in `/ws/{client_id}`, checked by both.
 
+pub mod client_id;
 pub mod error_body;
 pub mod frames;
 pub mod identity;
