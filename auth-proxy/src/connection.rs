@@ -36,7 +36,8 @@ use crate::client_socket::ClientSocket;
 use crate::forward::Forwarder;
 use crate::head::{HeadIndex, RequestHead};
 use crate::proxy::Edge;
-use crate::routes::Route;
+use crate::door::{self, Door};
+use crate::reject::Reject;
 use crate::state::AppState;
 use crate::tunnel::Client;
 
@@ -56,6 +57,8 @@ pub struct EdgeApp {
     proxy: Arc<HttpProxy<Edge>>,
     forwarder: Forwarder,
     admission: Arc<Admission>,
+    /// `auth_proxy_doors_total` by [`Door::index`], resolved once.
+    doors: [prometheus::IntCounter; 4],
 }
 
 impl EdgeApp {
@@ -67,7 +70,9 @@ impl EdgeApp {
             state.trusted.clone(),
             state.metrics.connections_open.clone(),
         );
+        let doors = Door::LABELS.map(|d| state.metrics.doors.with_label_values(&[d]));
         EdgeApp {
+            doors,
             edge: Edge::new(state.clone()),
             proxy: Arc::new(proxy),
             forwarder: Forwarder::new(&state),
@@ -80,15 +85,15 @@ impl EdgeApp {
 /// What reading a request head gave.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Head {
-    /// A whole head (and perhaps bytes after it) for the given route; `own` (where its parts
-    /// are) when the edge's own codec serves it (see [`Parsed::Complete`]).
+    /// A whole head (and perhaps bytes after it), the door that serves it ([`crate::door`]) and,
+    /// when the edge's own codec reads it (the lean path, a kept handshake), where its parts are.
     Complete {
         bytes: BytesMut,
-        route: Route,
-        own: Option<HeadIndex>,
+        door: Door,
+        index: Option<HeadIndex>,
     },
-    /// Bytes httparse refuses: pingora's parser (more lenient on request lines) gets them.
-    Unparsed(BytesMut),
+    /// A whole head httparse refuses: the edge answers 400 itself.
+    Unparsed,
     /// The connection closed (or the service is shutting down) before a request started.
     Closed,
     /// The head did not arrive in time; `started` if some of it did.
@@ -100,12 +105,10 @@ pub enum Head {
 /// What the bytes read so far hold.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Parsed {
-    /// A whole head for this route; `own` (where its parts are) when the edge's own codec
-    /// serves it: the lean path ([`crate::forward::eligible`]) or the WebSocket endpoint
-    /// ([`crate::tunnel::own_handshake`]).
+    /// A whole head, its door, and where its parts are when the edge's own codec reads it.
     Complete {
-        route: Route,
-        own: Option<HeadIndex>,
+        door: Door,
+        index: Option<HeadIndex>,
     },
     /// A whole head httparse refuses.
     Unparsed,
@@ -117,15 +120,11 @@ pub fn parse_head(bytes: &[u8], routes: &crate::routes::Routes) -> Option<Parsed
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(bytes) {
         Ok(httparse::Status::Complete(len)) => {
-            let target = req.path.unwrap_or("/");
-            let path = target.split_once('?').map_or(target, |(p, _)| p);
-            let route = routes.classify(path);
-            let own = match route {
-                Route::WebSocket => crate::tunnel::own_handshake(&req),
-                _ => crate::forward::eligible(&req),
-            };
-            let own = own.then(|| HeadIndex::of(bytes, &req, len)).flatten();
-            Some(Parsed::Complete { route, own })
+            let route = routes.classify(&door::target_path(req.path.unwrap_or("/")));
+            let door = door::choose(route, &req);
+            let own = matches!(door, Door::Lean | Door::Tunnel { own: true });
+            let index = own.then(|| HeadIndex::of(bytes, &req, len)).flatten();
+            Some(Parsed::Complete { door, index })
         }
         Ok(httparse::Status::Partial) => None,
         Err(_) => head_ended(bytes).then_some(Parsed::Unparsed),
@@ -172,8 +171,10 @@ async fn read_head<S: AsyncRead + Unpin>(
     let deadline = if fresh { accepted } else { Instant::now() } + header_timeout;
     loop {
         match parse_head(&bytes, routes) {
-            Some(Parsed::Complete { route, own }) => return Head::Complete { bytes, route, own },
-            Some(Parsed::Unparsed) => return Head::Unparsed(bytes),
+            Some(Parsed::Complete { door, index }) => {
+                return Head::Complete { bytes, door, index }
+            }
+            Some(Parsed::Unparsed) => return Head::Unparsed,
             None => {}
         }
         if bytes.len() >= MAX_HEAD_BYTES {
@@ -190,9 +191,9 @@ async fn read_head<S: AsyncRead + Unpin>(
     }
 }
 
-/// Who serves a request.
+/// Who serves a request, with what the edge's own codec needs of its head.
 enum Path {
-    /// The WebSocket endpoint; the head's parts when the edge's own codec reads it.
+    /// The edge's tunnel; the head's parts when the edge's own codec reads it.
     Tunnel(Option<HeadIndex>),
     Lean(HeadIndex),
     Proxy,
@@ -295,17 +296,29 @@ impl EdgeApp {
             ))
             .await
             {
-                Head::Complete {
-                    bytes,
-                    route: Route::WebSocket,
-                    own,
-                } => (bytes, Path::Tunnel(own)),
-                Head::Complete {
-                    bytes,
-                    own: Some(index),
-                    ..
-                } => (bytes, Path::Lean(index)),
-                Head::Complete { bytes, .. } | Head::Unparsed(bytes) => (bytes, Path::Proxy),
+                Head::Complete { bytes, door, index } => {
+                    self.doors[door.index()].inc();
+                    let path = match (door, index) {
+                        (Door::Tunnel { .. }, index) => Path::Tunnel(index),
+                        (Door::Lean, Some(index)) => Path::Lean(index),
+                        _ => Path::Proxy,
+                    };
+                    (bytes, path)
+                }
+                Head::Unparsed => {
+                    self.doors[Door::Refuse.index()].inc();
+                    let r = Reject::Malformed;
+                    Box::pin(answer_and_close(
+                        &mut stream,
+                        r.status(),
+                        "Bad Request",
+                        r.code(),
+                        r.message(),
+                        false,
+                    ))
+                    .await;
+                    return;
+                }
                 Head::Closed => return,
                 Head::TimedOut { started } => {
                     m.header_timeouts.inc();
@@ -413,32 +426,33 @@ mod tests {
         assert!(matches!(
             parse_head(&ws, &r),
             Some(Parsed::Complete {
-                route: Route::WebSocket,
-                own: Some(_)
+                door: Door::Tunnel { own: true },
+                index: Some(_)
             })
         ));
         let post = BytesMut::from(&b"POST /ws/a HTTP/1.1\r\nHost: a\r\n\r\n"[..]);
         assert_eq!(
             parse_head(&post, &r),
             Some(Parsed::Complete {
-                route: Route::WebSocket,
-                own: None
+                door: Door::Tunnel { own: false },
+                index: None
             }),
-            "pingora reads (and refuses) what is no handshake"
+            "pingora's codec reads (and the tunnel refuses) what is no handshake"
         );
-        let api =
-            BytesMut::from(&b"POST /api/x HTTP/1.1\r\nHost: a\r\ncontent-length: 3\r\n\r\nabc"[..]);
+        let api = BytesMut::from(
+            &b"POST /api/x HTTP/1.1\r\nHost: a\r\ncontent-length: 3\r\n\r\nabc"[..],
+        );
         assert_eq!(
             parse_head(&api, &r),
             Some(Parsed::Complete {
-                route: Route::Api,
-                own: None
+                door: Door::Proxy,
+                index: None
             })
         );
         let get = BytesMut::from(&b"GET /api/x?token=t HTTP/1.1\r\nHost: a\r\n\r\n"[..]);
         let Some(Parsed::Complete {
-            route: Route::Api,
-            own: Some(index),
+            door: Door::Lean,
+            index: Some(index),
         }) = parse_head(&get, &r)
         else {
             panic!("a lean head");
@@ -447,7 +461,7 @@ mod tests {
     }
 
     #[test]
-    fn unparsable_heads_go_to_pingora_once_complete() {
+    fn unparsable_heads_are_refused_once_complete() {
         let r = routes();
         let bad = BytesMut::from(&b"GET /a b HTTP/1.1\r\nHost: a\r\n"[..]);
         assert_eq!(parse_head(&bad, &r), None, "wait for the end of the head");

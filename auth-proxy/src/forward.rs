@@ -24,7 +24,6 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
-use shared::error_body::ErrorBody;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -154,9 +153,9 @@ impl Forwarder {
         let mut wire = Vec::with_capacity(head.bytes().len() + 512);
         // Hop-by-hop: the agent connection's own keep-alive is the pool's business.
         if write_upstream_request(&mut wire, head, &edits, &["connection"]).is_err() {
-            let body = ErrorBody::new("bad_request", "The request could not be parsed.").to_json();
+            let r = Reject::Malformed;
             ctx.outcome = "error";
-            return (refuse(client, head, ctx, 400, body, None).await, None);
+            return (refuse(client, head, ctx, r.status(), r.body(), None).await, None);
         }
         let cors = ctx
             .cors_origin

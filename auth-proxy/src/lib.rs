@@ -13,6 +13,7 @@ pub mod config;
 pub mod connection;
 pub mod cors;
 pub mod dial;
+pub mod door;
 pub mod forward;
 pub mod head;
 pub mod headers;

@@ -42,6 +42,8 @@ pub struct Metrics {
     pub revocations: IntCounterVec,
     /// Client connections open on the edge listener now.
     pub connections_open: IntGauge,
+    /// Requests by the door that served them (`door`: tunnel, lean, proxy, refused).
+    pub doors: IntCounterVec,
 }
 
 /// Metric handles the per-request path uses, resolved once: a labelled lookup hashes the label
@@ -261,6 +263,17 @@ impl Metrics {
                 )
                 .unwrap(),
             ),
+            doors: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "auth_proxy_doors_total",
+                        "Requests by the door that served them: the edge's tunnel, the lean HTTP path, pingora-proxy, or refused unread",
+                    ),
+                    &["door"],
+                )
+                .unwrap(),
+            ),
             header_timeouts: reg(
                 &r,
                 IntCounter::new(
@@ -333,6 +346,7 @@ mod tests {
         m.user_cache.with_label_values(&["hit"]).inc();
         m.tunnels_closed.with_label_values(&["token_revoked"]).inc();
         m.revocations.with_label_values(&["user"]).inc();
+        m.doors.with_label_values(&["lean"]).inc();
         let text = String::from_utf8(m.render()).unwrap();
         for name in [
             "auth_proxy_requests_total",
@@ -346,6 +360,7 @@ mod tests {
             "auth_proxy_tunnel_bytes_total",
             "auth_proxy_tunnel_duration_seconds",
             "auth_proxy_header_timeouts_total",
+            "auth_proxy_doors_total",
             "auth_proxy_tunnels_closed_total",
             "auth_proxy_revocations_total",
         ] {

@@ -146,6 +146,14 @@ impl ProxyHttp for Edge {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
         self.identify_request(session.req_header(), peer, ctx);
+        // pingora-proxy never upgrades: the door ([`crate::door`]) sends the WebSocket endpoint
+        // and every WebSocket handshake to the edge's tunnel, so neither arrives here.
+        let belongs_to_tunnel = ctx.route == Route::WebSocket
+            || session.req_header().upgrade() == Upgrade::WebSocket;
+        debug_assert!(!belongs_to_tunnel, "the door sends upgrades to the tunnel");
+        if belongs_to_tunnel {
+            return self.reject(session, ctx, Reject::Malformed).await;
+        }
         if ctx.cors_origin.is_some() && is_preflight(session.req_header()) {
             return self.answer_preflight(session, ctx).await;
         }
@@ -182,6 +190,12 @@ impl ProxyHttp for Edge {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.responded = Some(ctx.started.elapsed());
+        if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            // No upgrade was forwarded (the upgrade headers are removed), so a 101 is an agent
+            // switching protocols on its own: refused (502), the client's connection closes.
+            ctx.outcome = "upstream_error";
+            return Error::e_explain(HTTPStatus(502), "101 to a request without an upgrade");
+        }
         resp.insert_header("x-request-id", &ctx.request_id)?;
         insert_cors(resp, ctx)?;
         Ok(())
@@ -219,12 +233,15 @@ impl ProxyHttp for Edge {
                         .await
                 }
                 None => {
-                    let (error, message) = if code < 500 {
-                        ("bad_request", "The request could not be parsed.")
+                    let body = if code < 500 {
+                        Reject::Malformed.body()
                     } else {
-                        ("internal_error", "The proxy failed to handle the request.")
+                        shared::error_body::ErrorBody::new(
+                            "internal_error",
+                            "The proxy failed to handle the request.",
+                        )
+                        .to_json()
                     };
-                    let body = shared::error_body::ErrorBody::new(error, message).to_json();
                     self.write_json(session, ctx, code, body, None).await
                 }
             };

@@ -20,7 +20,6 @@ use bytes::{Bytes, BytesMut};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::v1::client::http_req_header_to_wire;
 use pingora::protocols::http::ServerSession;
-use shared::error_body::ErrorBody;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -327,9 +326,9 @@ async fn answer(
             respond_json(session, ctx, r.status(), r.body(), None).await
         }
         Answer::BadRequest => {
-            let body = ErrorBody::new("bad_request", "The request could not be parsed.").to_json();
+            let r = Reject::Malformed;
             ctx.outcome = "error";
-            respond_json(session, ctx, 400, body, None).await
+            respond_json(session, ctx, r.status(), r.body(), None).await
         }
     }
 }
