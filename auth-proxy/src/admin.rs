@@ -17,7 +17,7 @@ use pingora::services::background::BackgroundService;
 use serde_json::json;
 
 use crate::state::{now_unix, AppState};
-use crate::status_page::{self, StatusSnapshot};
+use crate::status_page::{self, Revocations, StatusSnapshot};
 
 pub struct AdminApp {
     state: Arc<AppState>,
@@ -39,6 +39,20 @@ fn respond(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> 
         .unwrap_or_default()
 }
 
+impl AdminApp {
+    /// The caller proved the admin token (Bearer, Basic with it as the password, or the sign-in
+    /// cookie).
+    fn operator(&self, session: &ServerSession) -> bool {
+        let h = &session.req_header().headers;
+        crate::admin_api::authorized_operator(
+            &self.state.config.admin_token,
+            h.get("authorization").map(|v| v.as_bytes()),
+            h.get("cookie").map(|v| v.as_bytes()),
+            now_unix(),
+        )
+    }
+}
+
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
@@ -55,9 +69,37 @@ impl ServeHttp for AdminApp {
                 self.state.metrics.render(),
             ),
             "/healthz" => respond(200, "application/json", br#"{"status":"alive"}"#.to_vec()),
-            "/status" => status_page(&self.state, 200, None),
+            "/status" => {
+                let operator = self.operator(session);
+                status_page(&self.state, 200, None, operator)
+            }
+            // A browser's ways to prove the admin token: the sign-in form (a cookie for
+            // `/status`), or Basic authentication with the token as the password.
+            "/status/signin"
+                if session.req_header().method == http::Method::POST
+                    && !self.state.config.admin_token.is_empty() =>
+            {
+                sign_in(&self.state, session).await
+            }
+            "/status/signin" if self.operator(session) => status_page(&self.state, 200, None, true),
+            "/status/signin" if !self.state.config.admin_token.is_empty() => {
+                let mut r = respond(
+                    401,
+                    "application/json",
+                    br#"{"error":"unauthorized","message":"Sign in with the admin token as the password."}"#
+                        .to_vec(),
+                );
+                r.headers_mut().insert(
+                    "www-authenticate",
+                    http::HeaderValue::from_static(
+                        r#"Basic realm="auth-proxy status", charset="UTF-8""#,
+                    ),
+                );
+                r
+            }
             "/status/revocations" if session.req_header().method == http::Method::POST => {
-                revoke_from_form(&self.state, session).await
+                let operator = self.operator(session);
+                revoke_from_form(&self.state, session, operator).await
             }
             "/readyz" => {
                 let ready = health.is_ready();
@@ -86,8 +128,13 @@ impl ServeHttp for AdminApp {
 }
 
 /// `GET /status`: the operator's HTML page (with `notice` after a form post).
-fn status_page(state: &AppState, status: u16, notice: Option<String>) -> Response<Vec<u8>> {
-    let html = status_page::render(&snapshot(state, notice)).into_bytes();
+fn status_page(
+    state: &AppState,
+    status: u16,
+    notice: Option<String>,
+    operator: bool,
+) -> Response<Vec<u8>> {
+    let html = status_page::render(&snapshot(state, notice, operator)).into_bytes();
     let mut r = respond(status, "text/html; charset=utf-8", html);
     let h = r.headers_mut();
     h.insert(
@@ -98,24 +145,67 @@ fn status_page(state: &AppState, status: u16, notice: Option<String>) -> Respons
     r
 }
 
+/// A 303 back to the status page, signing the browser in (it proved the admin token).
+fn back_signed_in(state: &AppState) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(303)
+        .header("location", "/status")
+        .header(
+            "set-cookie",
+            crate::admin_api::operator_cookie(&state.config.admin_token, now_unix()),
+        )
+        .header("content-length", 0)
+        .body(Vec::new())
+        .unwrap_or_default()
+}
+
+/// `POST /status/signin`: the sign-in form (its `admin_token` field), answered with the sign-in
+/// cookie and the page, or the page with the refusal.
+async fn sign_in(state: &AppState, session: &mut ServerSession) -> Response<Vec<u8>> {
+    let Some(body) = crate::admin_api::read_body(session).await else {
+        return status_page(
+            state,
+            400,
+            Some("The form could not be read.".into()),
+            false,
+        );
+    };
+    let form = status_page::parse_form(&body);
+    let bearer = format!("Bearer {}", form.admin_token);
+    if !crate::admin_api::authorized(&state.config.admin_token, Some(bearer.as_bytes())) {
+        tracing::warn!("status page: sign-in refused, wrong admin token");
+        return status_page(state, 401, Some("Wrong admin token.".into()), false);
+    }
+    back_signed_in(state)
+}
+
 /// `POST /status/revocations`: the page's form, checked against the admin token like the admin
 /// API; success goes back to the page (303), a refusal shows the page with the reason.
-async fn revoke_from_form(state: &AppState, session: &mut ServerSession) -> Response<Vec<u8>> {
+async fn revoke_from_form(
+    state: &AppState,
+    session: &mut ServerSession,
+    operator: bool,
+) -> Response<Vec<u8>> {
     if state.config.admin_token.is_empty() {
-        return status_page(state, 404, Some("The admin API is off.".into()));
+        return status_page(state, 404, Some("The admin API is off.".into()), operator);
     }
     let Some(body) = crate::admin_api::read_body(session).await else {
-        return status_page(state, 400, Some("The form could not be read.".into()));
+        return status_page(
+            state,
+            400,
+            Some("The form could not be read.".into()),
+            operator,
+        );
     };
     let form = status_page::parse_form(&body);
     let bearer = format!("Bearer {}", form.admin_token);
     if !crate::admin_api::authorized(&state.config.admin_token, Some(bearer.as_bytes())) {
         tracing::warn!("status page: revocation refused, wrong admin token");
-        return status_page(state, 401, Some("Wrong admin token.".into()));
+        return status_page(state, 401, Some("Wrong admin token.".into()), operator);
     }
     let new = match status_page::form_request(&form).and_then(|r| r.into_new(now_unix() as i64)) {
         Ok(new) => new,
-        Err(problem) => return status_page(state, 400, Some(problem.to_string())),
+        Err(problem) => return status_page(state, 400, Some(problem.to_string()), operator),
     };
     match state.live.revoke(state, &new).await {
         Ok(record) => {
@@ -125,12 +215,7 @@ async fn revoke_from_form(state: &AppState, session: &mut ServerSession) -> Resp
                 user_id = record.user_id,
                 "revocation stored through the status page"
             );
-            Response::builder()
-                .status(303)
-                .header("location", "/status")
-                .header("content-length", 0)
-                .body(Vec::new())
-                .unwrap_or_default()
+            back_signed_in(state)
         }
         Err(e) => {
             tracing::warn!(error = %e, "status page: state store unavailable");
@@ -138,15 +223,20 @@ async fn revoke_from_form(state: &AppState, session: &mut ServerSession) -> Resp
                 state,
                 503,
                 Some("The state store cannot be reached; try again shortly.".into()),
+                operator,
             )
         }
     }
 }
 
-fn snapshot(state: &AppState, notice: Option<String>) -> StatusSnapshot {
+fn snapshot(state: &AppState, notice: Option<String>, operator: bool) -> StatusSnapshot {
     let m = &state.metrics;
     let now = now_unix();
-    let revocations = (!state.config.admin_token.is_empty()).then(|| {
+    let revocations = if state.config.admin_token.is_empty() {
+        Revocations::Off
+    } else if !operator {
+        Revocations::Hidden
+    } else {
         let set = state.live.current();
         let mut lines: Vec<String> = set
             .records()
@@ -174,8 +264,8 @@ fn snapshot(state: &AppState, notice: Option<String>) -> StatusSnapshot {
                 set.len() - 20
             ));
         }
-        lines
-    });
+        Revocations::Listed(lines)
+    };
     StatusSnapshot {
         version: env!("CARGO_PKG_VERSION"),
         uptime_secs: state.started.elapsed().as_secs(),

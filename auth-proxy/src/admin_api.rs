@@ -39,6 +39,91 @@ pub fn authorized(expected: &str, authorization: Option<&[u8]>) -> bool {
         && bool::from(token.trim().as_bytes().ct_eq(expected.as_bytes()))
 }
 
+/// The cookie that keeps a browser signed in to the operator's pages after it proved the admin
+/// token in a form (the sign-in or the revocation form).
+pub const OPERATOR_COOKIE: &str = "auth_proxy_operator";
+/// How long that sign-in lasts.
+pub const OPERATOR_SESSION_SECS: u64 = 8 * 3600;
+
+/// The MAC of a sign-in expiring at `exp`, keyed by the admin token (a new token signs everyone out).
+fn operator_mac(admin_token: &str, exp: u64) -> String {
+    use hmac::{Mac, SimpleHmac};
+    let mut mac = SimpleHmac::<sha2::Sha256>::new_from_slice(admin_token.as_bytes())
+        .expect("HMAC takes a key of any length");
+    mac.update(format!("auth-proxy operator session|{exp}").as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// The `Set-Cookie` value of a sign-in made at `now`: HttpOnly, SameSite=Strict, for `/status`.
+pub fn operator_cookie(admin_token: &str, now: u64) -> String {
+    let exp = now + OPERATOR_SESSION_SECS;
+    format!(
+        "{OPERATOR_COOKIE}={exp}.{}; Path=/status; HttpOnly; SameSite=Strict; Max-Age={OPERATOR_SESSION_SECS}",
+        operator_mac(admin_token, exp)
+    )
+}
+
+/// True when a `Cookie` header holds an unexpired sign-in made with this admin token.
+fn signed_in(admin_token: &str, cookies: Option<&[u8]>, now: u64) -> bool {
+    let Some(cookies) = cookies.and_then(|v| std::str::from_utf8(v).ok()) else {
+        return false;
+    };
+    cookies.split(';').any(|c| {
+        let Some(value) = c
+            .trim()
+            .strip_prefix(OPERATOR_COOKIE)
+            .and_then(|r| r.strip_prefix('='))
+        else {
+            return false;
+        };
+        let Some((exp, mac)) = value.split_once('.') else {
+            return false;
+        };
+        let Ok(exp) = exp.parse::<u64>() else {
+            return false;
+        };
+        exp > now
+            && bool::from(
+                mac.as_bytes()
+                    .ct_eq(operator_mac(admin_token, exp).as_bytes()),
+            )
+    })
+}
+
+/// True when a request proves the admin token to the operator's pages: `Authorization: Bearer`,
+/// HTTP Basic with the token as the password (any user name), or the sign-in cookie. Constant-time
+/// comparisons; never with an empty admin token.
+pub fn authorized_operator(
+    expected: &str,
+    authorization: Option<&[u8]>,
+    cookies: Option<&[u8]>,
+    now: u64,
+) -> bool {
+    use base64::Engine;
+    if expected.is_empty() {
+        return false;
+    }
+    if authorized(expected, authorization) || signed_in(expected, cookies, now) {
+        return true;
+    }
+    let Some(value) = authorization.and_then(|v| std::str::from_utf8(v).ok()) else {
+        return false;
+    };
+    let Some((scheme, encoded)) = value.trim().split_once(' ') else {
+        return false;
+    };
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return false;
+    }
+    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded.trim()) else {
+        return false;
+    };
+    let Some(colon) = decoded.iter().position(|&b| b == b':') else {
+        return false;
+    };
+    bool::from(decoded[colon + 1..].ct_eq(expected.as_bytes()))
+}
+
 fn json_response(status: u16, body: serde_json::Value) -> Response<Vec<u8>> {
     let body = body.to_string().into_bytes();
     let mut r = Response::builder()
@@ -156,6 +241,50 @@ mod tests {
     use super::*;
 
     const TOKEN: &str = "admin-token-0123456789abcdef-0123456789";
+
+    #[test]
+    fn operators_prove_the_token_by_bearer_basic_or_the_sign_in_cookie() {
+        use base64::Engine;
+        let basic = |user_pass: &str| {
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(user_pass)
+            )
+        };
+        let ok = |v: &str| authorized_operator(TOKEN, Some(v.as_bytes()), None, 1000);
+        assert!(ok(&format!("Bearer {TOKEN}")));
+        assert!(ok(&basic(&format!("operator:{TOKEN}"))));
+        assert!(ok(&basic(&format!(":{TOKEN}"))));
+        assert!(!ok(&basic(&format!("{TOKEN}:x"))));
+        assert!(!ok(&basic("operator:wrong")));
+        assert!(!ok("Basic not-base64!"));
+        assert!(!ok("Bearer wrong"));
+        assert!(!authorized_operator(TOKEN, None, None, 1000));
+        assert!(!authorized_operator(
+            "",
+            Some(basic("a:").as_bytes()),
+            None,
+            1000
+        ));
+
+        let set = operator_cookie(TOKEN, 1000);
+        assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict"));
+        let pair = set.split(';').next().unwrap();
+        let cookies = format!("other=1; {pair}");
+        let with = |c: &str, now| authorized_operator(TOKEN, None, Some(c.as_bytes()), now);
+        assert!(with(&cookies, 1001));
+        assert!(!with(&cookies, 1000 + OPERATOR_SESSION_SECS), "expired");
+        assert!(!authorized_operator(
+            "another-admin-token-0123456789abcdef",
+            None,
+            Some(cookies.as_bytes()),
+            1001
+        ));
+        let (exp, _) = pair.rsplit_once('.').unwrap();
+        assert!(!with(&format!("{exp}.{}", "0".repeat(64)), 1001), "forged");
+        let later = format!("{OPERATOR_COOKIE}=99999999999.{}", "0".repeat(64));
+        assert!(!with(&later, 1001));
+    }
 
     #[test]
     fn bearer_must_match_exactly() {

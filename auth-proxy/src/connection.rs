@@ -33,10 +33,10 @@ use tracing::debug;
 
 use crate::admission::{Admission, Refusal};
 use crate::client_socket::ClientSocket;
+use crate::door::{self, Door};
 use crate::forward::Forwarder;
 use crate::head::{HeadIndex, RequestHead};
 use crate::proxy::Edge;
-use crate::door::{self, Door};
 use crate::reject::Reject;
 use crate::state::AppState;
 use crate::tunnel::Client;
@@ -171,9 +171,7 @@ async fn read_head<S: AsyncRead + Unpin>(
     let deadline = if fresh { accepted } else { Instant::now() } + header_timeout;
     loop {
         match parse_head(&bytes, routes) {
-            Some(Parsed::Complete { door, index }) => {
-                return Head::Complete { bytes, door, index }
-            }
+            Some(Parsed::Complete { door, index }) => return Head::Complete { bytes, door, index },
             Some(Parsed::Unparsed) => return Head::Unparsed,
             None => {}
         }
@@ -197,6 +195,33 @@ enum Path {
     Tunnel(Option<HeadIndex>),
     Lean(HeadIndex),
     Proxy,
+}
+
+/// pingora's HTTP/1 session of the connection with the request head (in `bytes`, whole) read;
+/// `None` when pingora's codec refuses it (answered with the edge's JSON 400, then closed).
+async fn read_with_pingora(stream: ClientSocket, bytes: BytesMut) -> Option<ServerSession> {
+    let mut session = ServerSession::new_http1(stream.into_pingora());
+    session.set_pipelined_prefix(bytes);
+    match session.read_request().await {
+        Ok(true) => Some(session),
+        Ok(false) => None,
+        Err(_) => {
+            let r = Reject::Malformed;
+            let body = r.body();
+            let request_id = uuid::Uuid::new_v4().to_string();
+            if let Ok(header) =
+                crate::proxy::json_response(r.status(), body.len(), &request_id, None)
+            {
+                let _ = timeout(
+                    REFUSAL_WRITE,
+                    session.write_error_response(header, body.into()),
+                )
+                .await;
+                let _ = timeout(REFUSAL_WRITE, session.finish()).await;
+            }
+            None
+        }
+    }
 }
 
 /// A JSON answer written straight to the socket, then the connection closes.
@@ -378,18 +403,28 @@ impl EdgeApp {
                 Path::Tunnel(None) => true,
                 Path::Proxy => false,
             };
-            let mut session = ServerSession::new_http1(stream.into_pingora());
-            match settings.take() {
-                Some(s) => s.apply_to_session(&mut session),
-                None => session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) }),
-            }
-            session.set_pipelined_prefix(bytes);
+            // pingora's HTTP/1 codec reads the head first, here: a head it refuses (an ambiguous
+            // authority, conflicting lengths, ...) gets the edge's JSON 400 on every door.
+            let Some(session) = Box::pin(read_with_pingora(stream, bytes.clone())).await else {
+                return;
+            };
             if tunnel {
                 let client = Client::Session(Box::new(session));
                 let serve = crate::tunnel::serve(&self.state, &self.edge, client, ticket);
                 Box::pin(serve).await;
                 return;
             }
+            // pingora-proxy reads the head itself: a new session on the same stream, with the
+            // same bytes (the head was read from them alone, nothing from the socket).
+            let ServerSession::H1(read) = session else {
+                return;
+            };
+            let mut session = ServerSession::new_http1(read.into_inner());
+            match settings.take() {
+                Some(s) => s.apply_to_session(&mut session),
+                None => session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) }),
+            }
+            session.set_pipelined_prefix(bytes);
             let Some(reused) = Box::pin(self.proxy.process_new_http(session, shutdown)).await
             else {
                 return;
@@ -439,9 +474,8 @@ mod tests {
             }),
             "pingora's codec reads (and the tunnel refuses) what is no handshake"
         );
-        let api = BytesMut::from(
-            &b"POST /api/x HTTP/1.1\r\nHost: a\r\ncontent-length: 3\r\n\r\nabc"[..],
-        );
+        let api =
+            BytesMut::from(&b"POST /api/x HTTP/1.1\r\nHost: a\r\ncontent-length: 3\r\n\r\nabc"[..]);
         assert_eq!(
             parse_head(&api, &r),
             Some(Parsed::Complete {

@@ -103,7 +103,10 @@ mod tests {
         let mut req = httparse::Request::new(&mut headers);
         assert!(req.parse(head.as_bytes()).unwrap().is_complete(), "{head}");
         let path = target_path(req.path.unwrap());
-        choose(Routes::from_config(&Config::default()).classify(&path), &req)
+        choose(
+            Routes::from_config(&Config::default()).classify(&path),
+            &req,
+        )
     }
 
     const WS: &str = "Upgrade: websocket\r\nConnection: Upgrade\r\n";
@@ -116,14 +119,29 @@ mod tests {
             (format!("GET /ws/%41 HTTP/1.1\r\nHost: a\r\n{WS}\r\n"), true),
             (format!("GET /ws/a/b HTTP/1.1\r\nHost: a\r\n{WS}\r\n"), true),
             (format!("GET /ws HTTP/1.1\r\nHost: a\r\n{WS}\r\n"), true),
-            (format!("GET http://a/ws/a HTTP/1.1\r\nHost: a\r\n{WS}\r\n"), false),
+            (
+                format!("GET http://a/ws/a HTTP/1.1\r\nHost: a\r\n{WS}\r\n"),
+                false,
+            ),
             (format!("GET /ws/a HTTP/1.0\r\nHost: a\r\n{WS}\r\n"), false),
-            (format!("GET /ws/a HTTP/1.1\r\nHost: a\r\nHost: b\r\n{WS}\r\n"), false),
-            (format!("GET /ws/a HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n{WS}\r\nhi"), false),
+            (
+                format!("GET /ws/a HTTP/1.1\r\nHost: a\r\nHost: b\r\n{WS}\r\n"),
+                false,
+            ),
+            (
+                format!("GET /ws/a HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n{WS}\r\nhi"),
+                false,
+            ),
             (format!("POST /ws/a HTTP/1.1\r\nHost: a\r\n{WS}\r\n"), false),
             ("GET /ws/a HTTP/1.1\r\nHost: a\r\n\r\n".into(), true),
-            ("GET /ws/a HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\n\r\n".into(), true),
-            ("GET /ws/a HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n".into(), true),
+            (
+                "GET /ws/a HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\n\r\n".into(),
+                true,
+            ),
+            (
+                "GET /ws/a HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n".into(),
+                true,
+            ),
         ] {
             assert_eq!(door(&head), Door::Tunnel { own }, "{head}");
         }

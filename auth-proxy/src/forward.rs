@@ -155,7 +155,10 @@ impl Forwarder {
         if write_upstream_request(&mut wire, head, &edits, &["connection"]).is_err() {
             let r = Reject::Malformed;
             ctx.outcome = "error";
-            return (refuse(client, head, ctx, r.status(), r.body(), None).await, None);
+            return (
+                refuse(client, head, ctx, r.status(), r.body(), None).await,
+                None,
+            );
         }
         let cors = ctx
             .cors_origin

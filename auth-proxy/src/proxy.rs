@@ -148,8 +148,8 @@ impl ProxyHttp for Edge {
         self.identify_request(session.req_header(), peer, ctx);
         // pingora-proxy never upgrades: the door ([`crate::door`]) sends the WebSocket endpoint
         // and every WebSocket handshake to the edge's tunnel, so neither arrives here.
-        let belongs_to_tunnel = ctx.route == Route::WebSocket
-            || session.req_header().upgrade() == Upgrade::WebSocket;
+        let belongs_to_tunnel =
+            ctx.route == Route::WebSocket || session.req_header().upgrade() == Upgrade::WebSocket;
         debug_assert!(!belongs_to_tunnel, "the door sends upgrades to the tunnel");
         if belongs_to_tunnel {
             return self.reject(session, ctx, Reject::Malformed).await;
@@ -621,25 +621,6 @@ pub(crate) fn json_response(
         h.insert_header("retry-after", "60")?;
     }
     Ok(h)
-}
-
-/// Reads the next request on a session the edge owns (the WebSocket endpoint, the lean path) and
-/// starts it: in flight, request id, client IP, route. `None` when no request came.
-pub(crate) async fn start_request(
-    edge: &Edge,
-    session: &mut pingora::protocols::http::ServerSession,
-) -> Option<RequestCtx> {
-    if !matches!(session.read_request().await, Ok(true)) {
-        return None;
-    }
-    let mut ctx = RequestCtx::new();
-    edge.begin(&mut ctx);
-    let peer = session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip());
-    edge.identify_request(session.req_header(), peer, &mut ctx);
-    Some(ctx)
 }
 
 /// A JSON answer from the edge on a session the edge owns (the WebSocket endpoint, the lean

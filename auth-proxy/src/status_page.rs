@@ -1,15 +1,30 @@
 //! The operator's status page, `GET /status` on the admin listener: one server-rendered HTML page
 //! (no scripts, no build step) that reloads itself every few seconds. It shows the tunnels open,
 //! handshakes and refusals per reason over the last minutes, the user cache's hit ratio, the
-//! database's and the upstream's health, the drain state, and the stored revocations with a form
-//! to add one (`POST /status/revocations`, form-encoded, checked against the admin token; only
-//! shown when the admin API is enabled).
+//! database's and the upstream's health, the drain state, and a form to add a revocation
+//! (`POST /status/revocations`, form-encoded, checked against the admin token; only shown when the
+//! admin API is enabled). The stored revocations (user ids, `jti`s, reasons) are listed only to a
+//! caller that proves the admin token (`Authorization: Bearer`, HTTP Basic with the token as the
+//! password, or the cookie a browser gets from the sign-in or the revocation form): the admin port
+//! is reachable by anyone in the cluster.
 //!
 //! Pure: [`StatusSnapshot`] is read from the state by the admin listener; [`render`] turns it into
 //! HTML. Every value is escaped. Each number has a stable `id` so tools (and the browser test) can
 //! read it.
 
 use std::fmt::Write;
+
+/// The revocations part of the page.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Revocations {
+    /// The admin API (and with it the form) is off.
+    #[default]
+    Off,
+    /// The caller has not proved the admin token: the form, but no list.
+    Hidden,
+    /// The stored revocations, newest first (one line each), and the form.
+    Listed(Vec<String>),
+}
 
 use crate::recent::Counts;
 
@@ -36,9 +51,8 @@ pub struct StatusSnapshot {
     pub cache_misses: u64,
     /// Counts per `(route, outcome)` for each of [`WINDOWS`].
     pub recent: Vec<Counts>,
-    /// The stored revocations, newest first (one line each); `None` when the admin API (and with
-    /// it the form) is off.
-    pub revocations: Option<Vec<String>>,
+    /// The stored revocations, as this caller may see them.
+    pub revocations: Revocations,
     /// The answer to the last form post, shown once above the form.
     pub notice: Option<String>,
 }
@@ -138,6 +152,14 @@ fn refusals(counts: &Counts) -> u64 {
         .map(|(_, n)| n)
         .sum()
 }
+
+/// What a caller that has not proved the admin token sees instead of the revocations.
+const SIGN_IN: &str = r#"<p id="revocations" class="muted">Listed to admin-token callers only: sign in, or send <code>Authorization: Bearer</code>.</p>
+<form id="signin" method="post" action="/status/signin">
+<input name="admin_token" type="password" placeholder="admin token" size="24" autocomplete="off">
+<button type="submit">Sign in</button>
+</form>
+"#;
 
 /// Posts to the admin listener itself; the admin token is the form's credential (and its CSRF
 /// defence: a page elsewhere cannot know it).
@@ -250,18 +272,22 @@ td.n{{text-align:right;font-variant-numeric:tabular-nums}}
 
     h.push_str("<h2>Revocations</h2>\n");
     match &s.revocations {
-        None => h.push_str(
+        Revocations::Off => h.push_str(
             r#"<p id="revocations" class="muted">The admin API is off (set admin_token / AUTH_PROXY_ADMIN_TOKEN to list and add revocations here).</p>"#,
         ),
-        Some(list) => {
-            if list.is_empty() {
-                h.push_str(r#"<p id="revocations" class="muted">none</p>"#);
-            } else {
-                h.push_str(r#"<ul id="revocations">"#);
-                for r in list {
-                    let _ = write!(h, "<li>{}</li>", escape(r));
+        Revocations::Hidden | Revocations::Listed(_) => {
+            match &s.revocations {
+                Revocations::Listed(list) if list.is_empty() => {
+                    h.push_str(r#"<p id="revocations" class="muted">none</p>"#)
                 }
-                h.push_str("</ul>");
+                Revocations::Listed(list) => {
+                    h.push_str(r#"<ul id="revocations">"#);
+                    for r in list {
+                        let _ = write!(h, "<li>{}</li>", escape(r));
+                    }
+                    h.push_str("</ul>");
+                }
+                _ => h.push_str(SIGN_IN),
             }
             if let Some(n) = &s.notice {
                 let _ = write!(h, r#"<p id="notice"><b>{}</b></p>"#, escape(n));
@@ -323,7 +349,7 @@ mod tests {
         let s = StatusSnapshot {
             upstream: "<b>".into(),
             recent: vec![Counts::new(); 3],
-            revocations: Some(vec!["user <7>".into()]),
+            revocations: Revocations::Listed(vec!["user <7>".into()]),
             ..StatusSnapshot::default()
         };
         let html = render(&s);
@@ -333,6 +359,16 @@ mod tests {
         assert!(html.contains(r#"<form id="revoke" method="post" action="/status/revocations">"#));
         assert!(html.contains(r#"id="cache-hit-ratio" class="n">–<"#));
         assert_eq!(hit_ratio(0, 0), None);
+        let hidden = render(&StatusSnapshot {
+            recent: vec![Counts::new(); 3],
+            revocations: Revocations::Hidden,
+            ..StatusSnapshot::default()
+        });
+        assert!(
+            hidden.contains(r#"action="/status/signin""#)
+                && hidden.contains(r#"<form id="revoke""#)
+        );
+        assert!(!hidden.contains("<li>"));
     }
 
     #[test]

@@ -29,8 +29,7 @@ use crate::admission::Ticket;
 use crate::client_socket::ClientSocket;
 use crate::head::{write_upstream_request, RequestHead, RequestView};
 use crate::proxy::{
-    answer_then_close, apply_edits, insert_cors, respond_json, start_request, Edge, RequestCtx,
-    CONNECT_TIMEOUT,
+    answer_then_close, apply_edits, insert_cors, respond_json, Edge, RequestCtx, CONNECT_TIMEOUT,
 };
 use crate::reject::Reject;
 use crate::relay::{relay, RelayConfig, RelayCounters};
@@ -82,7 +81,7 @@ pub enum Client {
         stream: ClientSocket,
         head: RequestHead,
     },
-    /// Anything else, parsed by pingora's HTTP/1 codec.
+    /// Anything else, parsed by pingora's HTTP/1 codec (its head already read).
     Session(Box<ServerSession>),
 }
 
@@ -216,7 +215,16 @@ pub async fn serve(state: &Arc<AppState>, edge: &Edge, client: Client, ticket: T
 /// Starts a request: in flight, request id, client IP, route. `None` when no request came.
 async fn start(edge: &Edge, client: &mut Client) -> Option<RequestCtx> {
     match client {
-        Client::Session(session) => start_request(edge, session).await,
+        Client::Session(session) => {
+            let mut ctx = RequestCtx::new();
+            edge.begin(&mut ctx);
+            let peer = session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip());
+            edge.identify_request(session.req_header(), peer, &mut ctx);
+            Some(ctx)
+        }
         Client::Head { stream, head } => {
             let mut ctx = RequestCtx::new();
             edge.begin(&mut ctx);
