@@ -554,3 +554,35 @@ async fn identity_must_come_from_the_proxy() {
         .unwrap();
     assert!(metrics.contains("agent_websocket_connections_active"));
 }
+
+/// The client-id grammar the edge checks (`shared::client_id`), checked by the agent too, on the
+/// raw path: `%41` is refused, not read as `A`.
+#[tokio::test]
+async fn client_ids_outside_the_grammar_are_refused() {
+    let (_d, url) = sqlite().await;
+    let agent = Agent::start(&url, &[]).await;
+    let long = "x".repeat(129);
+    for id in [
+        "6f1c2b1e-0c3a-4f7e-9d7e-2b8f2c1a9e10~x",
+        "%41",
+        "a%2Db",
+        "a:b",
+        "a@b",
+        "a+b",
+        "a;b",
+        long.as_str(),
+    ] {
+        match agent.connect(&ada(), id, "").await {
+            Ok(_) => panic!("{id}: upgraded"),
+            Err((status, body)) => {
+                assert_eq!(status, 400, "{id}: {body}");
+                assert!(body.contains("invalid_client_id"), "{id}: {body}");
+            }
+        }
+    }
+    let mut ok = agent
+        .connect(&ada(), &"x".repeat(128), "")
+        .await
+        .expect("128 characters are an id");
+    greeted(&mut ok).await;
+}
