@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check of the project: formatting, clippy, all tests (unit, integration on SQLite and
-# PostgreSQL, whole-stack), the long ignored tests, the deploy manifests and a live promtool check of
-# both services' metrics. This is what CI runs (.ci/run sets REQUIRE_POSTGRES=1 and REQUIRE_NATS=1 so
+# PostgreSQL, whole-stack), the long ignored tests, the deploy manifests, a live promtool check of
+# both services' metrics and a short run of each fuzz target. This is what CI runs (.ci/run sets REQUIRE_POSTGRES=1 and REQUIRE_NATS=1 so
 # PostgreSQL and NATS tests fail instead of skipping when the server is unreachable).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,3 +17,5 @@ echo "==> long tests (#[ignore]d by default: the 70 s idle tunnel)"
 cargo test --workspace --locked -- --ignored
 echo "==> deploy manifests and live metrics"
 scripts/check-metrics.sh
+echo "==> fuzz targets (a short run of each, from the committed corpus)"
+scripts/fuzz.sh

@@ -89,6 +89,8 @@ pub fn parse_answer(bytes: &[u8], client: &ClientSide) -> Result<Parsed, BadAnsw
     };
     let status = resp.code.unwrap_or(0);
     match status {
+        // httparse reads any three digits; the client gets only a status HTTP defines.
+        0..=99 | 600.. => return Err(BadAnswer("status code out of range")),
         101 => return Err(BadAnswer("101 to a plain request")),
         100..=199 => return Ok(Parsed::Interim(head_len)),
         _ => {}
@@ -119,6 +121,8 @@ struct Facts<'h> {
     /// `Transfer-Encoding` present; `chunked_last` when its last coding is `chunked`.
     coded: bool,
     chunked_last: bool,
+    /// A `chunked` coding was seen (in any `Transfer-Encoding`).
+    chunked_seen: bool,
     close: bool,
     keep_alive: bool,
     /// Header names `Connection` nominates (hop-by-hop for this answer).
@@ -140,7 +144,18 @@ impl<'h> Facts<'h> {
                 }
             } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
                 f.coded = true;
-                if let Some(last) = value?.split(',').map(str::trim).rfind(|t| !t.is_empty()) {
+                let value = value?;
+                let codings = value.split(',').map(str::trim).filter(|t| !t.is_empty());
+                for coding in codings.clone() {
+                    if coding.eq_ignore_ascii_case("chunked") {
+                        // RFC 9112 section 6.1: chunked is applied once, and last.
+                        if f.chunked_seen {
+                            return Err(BadAnswer("chunked applied more than once"));
+                        }
+                        f.chunked_seen = true;
+                    }
+                }
+                if let Some(last) = codings.last() {
                     f.chunked_last = last.eq_ignore_ascii_case("chunked");
                 }
             } else if h.name.eq_ignore_ascii_case("connection") {
@@ -480,6 +495,29 @@ mod tests {
         ));
         let huge = format!("HTTP/1.1 200 OK\r\nX: {}", "a".repeat(MAX_ANSWER_HEAD));
         assert!(parse_answer(huge.as_bytes(), &s).is_err());
+    }
+
+    #[test]
+    fn chunked_twice_is_refused() {
+        let s = side(&[]);
+        for head in [
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
+        ] {
+            assert!(matches!(parse_answer(head.as_bytes(), &s), Err(BadAnswer(_))), "{head}");
+        }
+    }
+
+    #[test]
+    fn a_status_outside_100_to_599_is_refused() {
+        let s = side(&[]);
+        for head in ["HTTP/1.1 055 X\r\n\r\n", "HTTP/1.1 000 X\r\n\r\n", "HTTP/1.1 600 X\r\n\r\n"] {
+            assert!(matches!(parse_answer(head.as_bytes(), &s), Err(BadAnswer(_))), "{head}");
+        }
+        assert!(matches!(
+            parse_answer(b"HTTP/1.1 599 X\r\nContent-Length: 0\r\n\r\n", &s),
+            Ok(Parsed::Final(_))
+        ));
     }
 
     #[test]
