@@ -562,16 +562,12 @@ async fn client_ids_outside_the_grammar_are_refused() {
     let (_d, url) = sqlite().await;
     let agent = Agent::start(&url, &[]).await;
     let long = "x".repeat(129);
-    for id in [
-        "6f1c2b1e-0c3a-4f7e-9d7e-2b8f2c1a9e10~x",
-        "%41",
-        "a%2Db",
-        "a:b",
-        "a@b",
-        "a+b",
-        "a;b",
-        long.as_str(),
-    ] {
+    // Those a URL can carry as they are ("a b" and "é" cannot).
+    let ids = shared::client_id::REFUSED_EXAMPLES
+        .into_iter()
+        .filter(|id| id.bytes().all(|b| b.is_ascii_graphic()))
+        .chain([long.as_str()]);
+    for id in ids {
         match agent.connect(&ada(), id, "").await {
             Ok(_) => panic!("{id}: upgraded"),
             Err((status, body)) => {

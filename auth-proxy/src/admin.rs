@@ -159,24 +159,39 @@ fn back_signed_in(state: &AppState) -> Response<Vec<u8>> {
         .unwrap_or_default()
 }
 
-/// `POST /status/signin`: the sign-in form (its `admin_token` field), answered with the sign-in
-/// cookie and the page, or the page with the refusal.
-async fn sign_in(state: &AppState, session: &mut ServerSession) -> Response<Vec<u8>> {
+/// Reads a form of the status page and checks its `admin_token` field like the admin API's Bearer
+/// token; `Err` is the page with the refusal (`what`: which form, for the log).
+async fn read_checked_form(
+    state: &AppState,
+    session: &mut ServerSession,
+    operator: bool,
+    what: &str,
+) -> Result<status_page::RevocationForm, Response<Vec<u8>>> {
     let Some(body) = crate::admin_api::read_body(session).await else {
-        return status_page(
-            state,
-            400,
-            Some("The form could not be read.".into()),
-            false,
-        );
+        let notice = Some("The form could not be read.".into());
+        return Err(status_page(state, 400, notice, operator));
     };
     let form = status_page::parse_form(&body);
     let bearer = format!("Bearer {}", form.admin_token);
     if !crate::admin_api::authorized(&state.config.admin_token, Some(bearer.as_bytes())) {
-        tracing::warn!("status page: sign-in refused, wrong admin token");
-        return status_page(state, 401, Some("Wrong admin token.".into()), false);
+        tracing::warn!(form = what, "status page: wrong admin token");
+        return Err(status_page(
+            state,
+            401,
+            Some("Wrong admin token.".into()),
+            operator,
+        ));
     }
-    back_signed_in(state)
+    Ok(form)
+}
+
+/// `POST /status/signin`: the sign-in form (its `admin_token` field), answered with the sign-in
+/// cookie and the page, or the page with the refusal.
+async fn sign_in(state: &AppState, session: &mut ServerSession) -> Response<Vec<u8>> {
+    match read_checked_form(state, session, false, "sign-in").await {
+        Ok(_) => back_signed_in(state),
+        Err(page) => page,
+    }
 }
 
 /// `POST /status/revocations`: the page's form, checked against the admin token like the admin
@@ -189,20 +204,10 @@ async fn revoke_from_form(
     if state.config.admin_token.is_empty() {
         return status_page(state, 404, Some("The admin API is off.".into()), operator);
     }
-    let Some(body) = crate::admin_api::read_body(session).await else {
-        return status_page(
-            state,
-            400,
-            Some("The form could not be read.".into()),
-            operator,
-        );
+    let form = match read_checked_form(state, session, operator, "revocation").await {
+        Ok(form) => form,
+        Err(page) => return page,
     };
-    let form = status_page::parse_form(&body);
-    let bearer = format!("Bearer {}", form.admin_token);
-    if !crate::admin_api::authorized(&state.config.admin_token, Some(bearer.as_bytes())) {
-        tracing::warn!("status page: revocation refused, wrong admin token");
-        return status_page(state, 401, Some("Wrong admin token.".into()), operator);
-    }
     let new = match status_page::form_request(&form).and_then(|r| r.into_new(now_unix() as i64)) {
         Ok(new) => new,
         Err(problem) => return status_page(state, 400, Some(problem.to_string()), operator),

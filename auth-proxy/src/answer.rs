@@ -504,15 +504,25 @@ mod tests {
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
         ] {
-            assert!(matches!(parse_answer(head.as_bytes(), &s), Err(BadAnswer(_))), "{head}");
+            assert!(
+                matches!(parse_answer(head.as_bytes(), &s), Err(BadAnswer(_))),
+                "{head}"
+            );
         }
     }
 
     #[test]
     fn a_status_outside_100_to_599_is_refused() {
         let s = side(&[]);
-        for head in ["HTTP/1.1 055 X\r\n\r\n", "HTTP/1.1 000 X\r\n\r\n", "HTTP/1.1 600 X\r\n\r\n"] {
-            assert!(matches!(parse_answer(head.as_bytes(), &s), Err(BadAnswer(_))), "{head}");
+        for head in [
+            "HTTP/1.1 055 X\r\n\r\n",
+            "HTTP/1.1 000 X\r\n\r\n",
+            "HTTP/1.1 600 X\r\n\r\n",
+        ] {
+            assert!(
+                matches!(parse_answer(head.as_bytes(), &s), Err(BadAnswer(_))),
+                "{head}"
+            );
         }
         assert!(matches!(
             parse_answer(b"HTTP/1.1 599 X\r\nContent-Length: 0\r\n\r\n", &s),
