@@ -119,21 +119,11 @@ fn piece(
 }
 
 fn schema() -> Schema {
-    let set = |s: &str| {
-        s.split(' ')
-            .map(|c| c.to_lowercase())
-            .collect::<BTreeSet<_>>()
-    };
-    Schema {
-        columns: [
-            ("users", set("id username email password isAdmin createdAt updatedAt")),
-            ("articles", set("id publicationName author title description url urlToImage publishedDate createdAt updatedAt")),
-            ("articleapproveds", set("id userId articleId isApproved headlineForPdfReport publicationNameForPdfReport publicationDateForPdfReport textForPdfReport urlForPdfReport kmNotes createdAt updatedAt")),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect(),
-    }
+    let cols = |s: &'static str| s.split(' ').collect::<Vec<_>>();
+    Schema::default()
+        .with_table("users", &cols("id username email password isAdmin createdAt updatedAt"))
+        .with_table("articles", &cols("id publicationName author title description url urlToImage publishedDate createdAt updatedAt"))
+        .with_table("articleapproveds", &cols("id userId articleId isApproved headlineForPdfReport publicationNameForPdfReport publicationDateForPdfReport textForPdfReport urlForPdfReport kmNotes createdAt updatedAt"))
 }
 
 /// Columns no accepted query may name (hidden in every table).
