@@ -317,7 +317,9 @@ async fn the_database_walls_hold_without_the_guard() {
     let dir = temp_dir();
     let db = sqlite_fixture(dir.path(), "nn.db").await;
     let before = std::fs::read(&db).unwrap();
-    let pool = sql_exec::hardened_sqlite_pool(&sqlite_url(&db), 1).unwrap();
+    let pool =
+        sql_exec::hardened_sqlite_pool(&sqlite_url(&db), 1, sql_exec::DEFAULT_MAX_VALUE_BYTES)
+            .unwrap();
     let copy = dir.path().join("copy.db");
     for sql in [
         format!(
