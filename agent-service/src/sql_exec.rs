@@ -1,7 +1,7 @@
 //! Runs custom SQL (the `/sql` path and the `execute_custom_sql` tool) after [`sql_guard`], on a
 //! pool of its own that is hardened per engine, so a gap in the guard is not a breach and a slow
 //! query cannot starve the article tools. What runs is [`sql_guard::prepare`]'s wrapped text: the
-//! engine cuts every cell to `AGENT_SQL_MAX_CELL_BYTES` characters and stops one row past
+//! engine cuts every cell longer than `AGENT_SQL_MAX_CELL_BYTES` bytes and stops one row past
 //! `AGENT_SQL_MAX_ROWS`, so no row larger than the caps is ever built here.
 //!
 //! - SQLite: opened read-only with `query_only`, `SQLITE_LIMIT_ATTACHED` = 0 (no `ATTACH`),

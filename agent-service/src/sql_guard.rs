@@ -541,7 +541,7 @@ pub struct Prepared {
 pub struct Cut {
     /// The row cap: the wrapper returns at most one row more, so the reader knows it truncated.
     pub max_rows: usize,
-    /// Cells longer than this many characters come back cut to it.
+    /// Cells longer than this many bytes come back cut to this many characters.
     pub cell_chars: usize,
 }
 
@@ -618,17 +618,20 @@ fn checked(
 
 /// The text that runs: `WITH q (c1, ..., cn) AS (<query>) SELECT <pair for each column> FROM q
 /// LIMIT <max_rows + 1>`. Each output `ci` becomes two columns: the value itself when its text
-/// is at most `cell_chars` characters long (NULL otherwise; the type is kept), and, when it is
+/// is at most `cell_chars` bytes long (NULL otherwise; the type is kept), and, when it is
 /// longer, `<octet length>:<first cell_chars characters>` (NULL otherwise). The engine therefore
-/// never sends a long cell, and stops at the row cap. The CTE's column list names the outputs
-/// without touching the query, so its aliases, `ORDER BY` and `LIMIT` keep their meaning.
+/// never sends a long cell, and stops at the row cap. Both engines take a stored text's octet
+/// length without reading the value, and a prefix by reading only the start of it (PostgreSQL
+/// detoasts a slice), so a long value is not copied whole to be cut. The CTE's column list names
+/// the outputs without touching the query, so its aliases, `ORDER BY` and `LIMIT` keep their
+/// meaning.
 pub fn wrap(canonical: &str, columns: usize, cut: Cut) -> String {
     let n = cut.cell_chars;
     let names: Vec<String> = (1..=columns).map(|i| format!("c{i}")).collect();
     let cells: Vec<String> = (1..=columns)
         .map(|i| {
             let text = format!("CAST(q.c{i} AS TEXT)");
-            let long = format!("length({text}) > {n}");
+            let long = format!("octet_length({text}) > {n}");
             format!(
                 "CASE WHEN {long} THEN NULL ELSE q.c{i} END AS v{i}, \
                  CASE WHEN {long} THEN octet_length({text}) || ':' || SUBSTR({text}, 1, {n}) END AS t{i}"
@@ -2540,10 +2543,10 @@ mod tests {
             assert_eq!(
                 p.sql,
                 "WITH q (c1, c2) AS (SELECT title AS t, id FROM Articles ORDER BY t DESC LIMIT 2) \
-                 SELECT CASE WHEN length(CAST(q.c1 AS TEXT)) > 100 THEN NULL ELSE q.c1 END AS v1, \
-                 CASE WHEN length(CAST(q.c1 AS TEXT)) > 100 THEN octet_length(CAST(q.c1 AS TEXT)) || ':' || SUBSTR(CAST(q.c1 AS TEXT), 1, 100) END AS t1, \
-                 CASE WHEN length(CAST(q.c2 AS TEXT)) > 100 THEN NULL ELSE q.c2 END AS v2, \
-                 CASE WHEN length(CAST(q.c2 AS TEXT)) > 100 THEN octet_length(CAST(q.c2 AS TEXT)) || ':' || SUBSTR(CAST(q.c2 AS TEXT), 1, 100) END AS t2 \
+                 SELECT CASE WHEN octet_length(CAST(q.c1 AS TEXT)) > 100 THEN NULL ELSE q.c1 END AS v1, \
+                 CASE WHEN octet_length(CAST(q.c1 AS TEXT)) > 100 THEN octet_length(CAST(q.c1 AS TEXT)) || ':' || SUBSTR(CAST(q.c1 AS TEXT), 1, 100) END AS t1, \
+                 CASE WHEN octet_length(CAST(q.c2 AS TEXT)) > 100 THEN NULL ELSE q.c2 END AS v2, \
+                 CASE WHEN octet_length(CAST(q.c2 AS TEXT)) > 100 THEN octet_length(CAST(q.c2 AS TEXT)) || ':' || SUBSTR(CAST(q.c2 AS TEXT), 1, 100) END AS t2 \
                  FROM q LIMIT 11"
             );
             assert_eq!(
