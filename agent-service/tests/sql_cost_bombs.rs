@@ -9,15 +9,18 @@
 //! another user's query is answered within 2 s while it runs, the same user cannot start a second
 //! query while it runs, and once the answer is there the database has stopped working on it (on
 //! SQLite no worker thread of this process uses CPU in the following second, measured from
-//! /proc; on PostgreSQL no backend of the agent is active). Its own test binary, so the /proc
-//! measurement sees no other test's SQLite work.
+//! /proc; on PostgreSQL no backend of the agent is active). And the executor alone, given such a
+//! call without the guard: it answers only once the statement has ended (SQLite: the progress
+//! handler and `sqlite3_interrupt` take effect when the call returns; PostgreSQL: the backend is
+//! cancelled, then terminated, and the answer waits until it is gone). Its own test binary, so
+//! the /proc measurement sees no other test's SQLite work.
 
 mod common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agent_service::sql_exec::SqlError;
+use agent_service::sql_exec::{self, Capper, SqlError, SqlSettings};
 use common::*;
 use serde_json::json;
 use sqlx::Connection;
@@ -289,7 +292,12 @@ async fn through_the_runner(agent: &Agent, engine: &Engine, sql: &str, expect: E
         .await
         .expect("an answer in time")
         .unwrap();
-    database_is_idle(engine, what).await;
+    if matches!(r, Err(SqlError::Refused(_))) {
+        // Nothing ran.
+        assert_eq!(state.sql.running(), 0, "{what}");
+    } else {
+        database_is_idle(engine, what).await;
+    }
     match expect {
         Refused(why) => match &r {
             Err(SqlError::Refused(e)) => {
@@ -365,8 +373,54 @@ async fn through_the_websocket(agent: &Agent, engine: &Engine, cases: &[(String,
                 );
             }
         }
-        database_is_idle(engine, "the WebSocket query").await;
+        if *expect == Stopped {
+            database_is_idle(engine, "the WebSocket query").await;
+        }
     }
+}
+
+/// The executor without the guard, on an SQLite call that ignores interrupts (an `instr` of a
+/// 0.5 MB haystack and a 177 kB needle, about 2 s of one VM instruction) with a 1 s timeout.
+async fn a_stuck_sqlite_call_is_answered_when_it_ends(url: &str) {
+    let pool = sql_exec::hardened_sqlite_pool(url, 1, 16 * 1024 * 1024).unwrap();
+    let sql = format!(
+        "SELECT instr(x.h, y.n) FROM (SELECT group_concat('a', '') AS h FROM {}) x, \
+         (SELECT group_concat('a', '') || 'b' AS n FROM {}) y",
+        cross(12, false),
+        cross(11, false)
+    );
+    let settings = SqlSettings::default();
+    let started = Instant::now();
+    let r =
+        sql_exec::execute_sqlite(&pool, &sql, Duration::from_secs(1), Capper::new(&settings)).await;
+    eprintln!(
+        "a stuck SQLite call (1 s timeout) answered after {:?}: {r:?}",
+        started.elapsed()
+    );
+    assert!(matches!(r, Err(SqlError::Timeout(_))), "{r:?}");
+    database_is_idle(&Engine::Sqlite, "a stuck SQLite call").await;
+}
+
+/// The executor without the guard, on a PostgreSQL call that ignores interrupts (a `strpos` of
+/// 200 000 and 100 000 characters, a few seconds in one call) with a 1 s timeout: its backend is
+/// cancelled a second after the deadline, terminated a second later, and the answer comes once
+/// it is gone.
+async fn a_stuck_pg_call_is_answered_when_its_backend_is_gone(url: &str) {
+    let pool = sql_exec::hardened_pg_pool(url, 1, Duration::from_secs(1)).unwrap();
+    let sql = "SELECT strpos(repeat('a', 200000), 'b' || repeat('a', 100000)) AS p";
+    let settings = SqlSettings::default();
+    let started = Instant::now();
+    let r = sql_exec::execute_pg(&pool, sql, Duration::from_secs(1), Capper::new(&settings)).await;
+    eprintln!(
+        "a stuck PostgreSQL call (1 s timeout) answered after {:?}: {r:?}",
+        started.elapsed()
+    );
+    assert!(matches!(r, Err(SqlError::Timeout(_))), "{r:?}");
+    database_is_idle(
+        &Engine::Postgres(url.to_string()),
+        "a stuck PostgreSQL call",
+    )
+    .await;
 }
 
 async fn start(url: &str) -> Agent {
@@ -384,6 +438,7 @@ async fn calls_that_cannot_be_interrupted_never_start() {
         through_the_runner(&agent, &Engine::Sqlite, sql, *expect).await;
     }
     through_the_websocket(&agent, &Engine::Sqlite, &cases).await;
+    a_stuck_sqlite_call_is_answered_when_it_ends(&sqlite_url(&db)).await;
 
     let Some(pg) = PgTestDb::with_fixture().await else {
         return;
@@ -395,4 +450,5 @@ async fn calls_that_cannot_be_interrupted_never_start() {
         through_the_runner(&agent, &engine, sql, *expect).await;
     }
     through_the_websocket(&agent, &engine, &cases).await;
+    a_stuck_pg_call_is_answered_when_its_backend_is_gone(&pg.url).await;
 }
