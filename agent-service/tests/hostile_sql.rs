@@ -517,6 +517,12 @@ async fn the_shipped_role_reads_only_allowed_columns() {
         .await
         .unwrap();
     assert_eq!(names, vec!["ada", "grace"]);
+    // The script ran as a superuser, so the role's temporary files are capped too.
+    let limit: String = sqlx::query_scalar("SHOW temp_file_limit")
+        .fetch_one(&mut agent)
+        .await
+        .unwrap();
+    assert_eq!(limit, "256MB");
     for sql in [
         r#"SELECT "password" FROM "Users""#,
         r#"SELECT "email" FROM "Users""#,
