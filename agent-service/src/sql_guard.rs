@@ -2039,6 +2039,11 @@ mod tests {
         check_statement(&statement, dialect, &SqlPolicy::default(), &schema()).unwrap()
     }
 
+    fn wraps(sql: &str, d: SqlDialect) {
+        let p = prepare(sql, d, &SqlPolicy::default(), &schema(), CUT);
+        assert!(p.is_ok(), "{sql}: {p:?}");
+    }
+
     const CUT: Cut = Cut {
         max_rows: 1000,
         cell_chars: 4096,
@@ -2096,6 +2101,51 @@ mod tests {
             r#"SELECT COUNT(*) AS "count" FROM "ArticleApproveds" WHERE "isApproved" IS TRUE"#,
         ] {
             assert!(pg(sql).is_ok(), "{sql}: {:?}", pg(sql));
+        }
+    }
+
+    #[test]
+    fn the_shapes_llms_write_pass() {
+        for sql in [
+            "SELECT CURRENT_TIMESTAMP",
+            "SELECT COUNT(DISTINCT author) AS authors FROM Articles",
+            "SELECT DISTINCT author FROM Articles WHERE author IS NOT NULL AND author <> '' ORDER BY author NULLS LAST",
+            "SELECT title FROM Articles WHERE publicationName IN ('Daily Ledger', 'Metro Times') AND id NOT IN (SELECT articleId FROM ArticleApproveds)",
+            "SELECT author, COUNT(*) AS n FROM Articles GROUP BY author HAVING COUNT(*) > 1 ORDER BY 2 DESC LIMIT 10 OFFSET 5",
+            "SELECT a.title FROM Articles AS a WHERE a.id = (SELECT max(id) FROM Articles)",
+            "SELECT round(avg(length(title)), 2) AS avg_len, coalesce(max(author), 'none') FROM Articles",
+            "SELECT title, rank() OVER w AS r FROM Articles WINDOW w AS (ORDER BY publishedDate DESC)",
+            "SELECT title FROM Articles WHERE length(title) > 10 AND upper(substr(title, 1, 1)) = 'R'",
+            "SELECT CAST(id AS TEXT) || ': ' || title AS line FROM Articles",
+            "SELECT title FROM Articles a JOIN (SELECT articleId, COUNT(*) AS c FROM ArticleApproveds GROUP BY articleId) x ON x.articleId = a.id ORDER BY x.c DESC",
+            "SELECT title FROM (SELECT * FROM Articles) sub WHERE sub.author LIKE 'K%'",
+            "SELECT publicationName, COUNT(*) FROM Articles GROUP BY 1",
+            "SELECT title FROM Articles WHERE (publishedDate > '2025-01-01' OR author IS NULL) AND NOT (id = 2)",
+        ] {
+            assert!(sqlite(sql).is_ok(), "{sql}: {:?}", sqlite(sql));
+            assert!(pg(sql).is_ok(), "{sql}: {:?}", pg(sql));
+            wraps(sql, SqlDialect::Sqlite);
+            wraps(sql, SqlDialect::Postgres);
+        }
+        for sql in [
+            "SELECT date('now'), strftime('%Y', publishedDate) AS y FROM Articles",
+            "SELECT strftime('%Y', publishedDate) AS y, COUNT(*) AS n FROM Articles GROUP BY y ORDER BY y",
+            "SELECT title FROM Articles WHERE publishedDate > date('now', '-30 days')",
+            "SELECT iif(isApproved, 'yes', 'no') FROM ArticleApproveds",
+        ] {
+            assert!(sqlite(sql).is_ok(), "{sql}: {:?}", sqlite(sql));
+            wraps(sql, SqlDialect::Sqlite);
+        }
+        for sql in [
+            r#"SELECT "title" FROM "Articles" WHERE "publishedDate" > now() - INTERVAL '30 days'"#,
+            r#"SELECT EXTRACT(YEAR FROM "publishedDate") AS y, "id"::text FROM "Articles""#,
+            r#"SELECT substring("title" FROM 1 FOR 10), trim(BOTH ' ' FROM "title") FROM "Articles""#,
+            r#"SELECT date_trunc('month', "createdAt") AS m, COUNT(*) FROM "Articles" GROUP BY m ORDER BY m"#,
+            r#"SELECT to_char("publishedDate", 'YYYY-MM') FROM "Articles""#,
+            r#"SELECT "title" FROM "Articles" WHERE "id" = ANY (SELECT "articleId" FROM "ArticleApproveds")"#,
+        ] {
+            assert!(pg(sql).is_ok(), "{sql}: {:?}", pg(sql));
+            wraps(sql, SqlDialect::Postgres);
         }
     }
 
