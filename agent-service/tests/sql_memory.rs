@@ -3,8 +3,8 @@
 //! MiB, because the engine cuts every cell before the row is sent (the rows were built whole
 //! before: 24 columns of a 15 MiB value took the agent from 13 to 154 MiB). 24 columns run under
 //! the default column cap; 96 are refused by it, and run cut when the cap is raised. SQLite with
-//! a 900 kB value (under the default `AGENT_SQL_MAX_VALUE_BYTES`), PostgreSQL with 15 MiB. Its
-//! own test binary, so no other test's allocations are measured.
+//! a 900 kB value (under the default `AGENT_SQL_MAX_VALUE_BYTES`; a 1.2 MB one cannot be read at
+//! all), PostgreSQL with 15 MiB. Its own test binary, so no other test's allocations are measured.
 
 mod common;
 
@@ -149,6 +149,31 @@ async fn wide_rows_of_large_values_are_cut_before_they_are_read() {
     wide_results_stay_small(&default, false, SQLITE_SIZE, 32, "SQLite").await;
     wide_results_stay_small(&wide, false, SQLITE_SIZE, 96, "SQLite").await;
     drop((default, wide));
+    // A stored value larger than AGENT_SQL_MAX_VALUE_BYTES cannot be read at all.
+    {
+        let mut c = sqlx::SqliteConnection::connect(&sqlite_url(&db))
+            .await
+            .unwrap();
+        c.execute(
+            "INSERT INTO Articles (title, description, createdAt, updatedAt) VALUES \
+             ('huge', replace(hex(zeroblob(600000)), '0', 'x'), '2025-01-01', '2025-01-01')",
+        )
+        .await
+        .unwrap();
+        c.close().await.unwrap();
+    }
+    let agent = Agent::start(&sqlite_url(&db), &[]).await;
+    let r = agent
+        .state
+        .sql
+        .run(2, "SELECT description FROM Articles WHERE title = 'huge'")
+        .await;
+    assert!(
+        matches!(&r, Err(SqlError::Query(e)) if e.contains("too big")),
+        "{:?}",
+        r.map(|(_, rows)| rows.rows.len())
+    );
+    drop(agent);
 
     const PG_SIZE: usize = 15 * 1024 * 1024;
     let Some(pg) = PgTestDb::with_fixture().await else {
