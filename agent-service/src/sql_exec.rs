@@ -1,15 +1,22 @@
 //! Runs custom SQL (the `/sql` path and the `execute_custom_sql` tool) after [`sql_guard`], on a
 //! pool of its own that is hardened per engine, so a gap in the guard is not a breach and a slow
-//! query cannot starve the article tools:
+//! query cannot starve the article tools. What runs is [`sql_guard::prepare`]'s wrapped text: the
+//! engine cuts every cell longer than `AGENT_SQL_MAX_CELL_BYTES` bytes and stops one row past
+//! `AGENT_SQL_MAX_ROWS`, so no row larger than the caps is ever built here.
 //!
 //! - SQLite: opened read-only with `query_only`, `SQLITE_LIMIT_ATTACHED` = 0 (no `ATTACH`),
-//!   `SQLITE_LIMIT_LENGTH` capped, and a progress handler that interrupts the statement at its
-//!   deadline, so the worker stops using CPU when the agent gives up.
+//!   `SQLITE_LIMIT_LENGTH` = `AGENT_SQL_MAX_VALUE_BYTES` (no value, stored or built, is larger),
+//!   `SQLITE_LIMIT_LIKE_PATTERN_LENGTH` lowered, and a progress handler that interrupts the
+//!   statement at its deadline (checked every [`PROGRESS_OPS`] VM instructions). A statement
+//!   still running shortly after its deadline is interrupted again with `sqlite3_interrupt`.
 //! - PostgreSQL: every query in its own `BEGIN READ ONLY` transaction with `SET LOCAL
-//!   statement_timeout`, always rolled back.
-//! - Both: caps on rows, bytes per cell and total rendered bytes ([`Capper`]) before a result
-//!   reaches the LLM, a client frame or the chat store; at most `per_user` queries per user and
-//!   `max_concurrent` in all at a time.
+//!   statement_timeout` and `work_mem`, always rolled back. A statement still running a second
+//!   after its deadline has its backend cancelled, then terminated, from another connection; that
+//!   connection is closed, not reused.
+//! - Both: a query holds its user's permit and a slot of `max_concurrent` until the database has
+//!   ended the statement (it runs in a task of its own, so a caller that stops waiting frees
+//!   nothing early). Caps on rows, bytes per cell and total rendered bytes ([`Capper`]) before a
+//!   result reaches the LLM, a client frame or the chat store.
 //!
 //! The table columns the guard needs ([`Schema`]) are read once, at the first query.
 
@@ -21,32 +28,55 @@ use std::time::{Duration, Instant};
 
 use futures_util::TryStreamExt;
 use serde_json::{Map, Value};
+use sqlx::postgres::PgRow;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::SqliteRow;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqlitePoolOptions};
 use sqlx::{Connection, Executor, PgPool, Row, SqlitePool};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{number, ConfigError};
 use crate::newsnexus::Rows;
-use crate::sql_guard::{self, Schema, SqlDialect, SqlPolicy, SqlRefusal};
+use crate::sql_guard::{self, Cut, Schema, SqlDialect, SqlPolicy, SqlRefusal};
 
-/// Largest string or blob a custom SQLite query may build (`SQLITE_LIMIT_LENGTH`).
-pub const SQLITE_MAX_LENGTH: i32 = 16 * 1024 * 1024;
+/// Default `AGENT_SQL_MAX_VALUE_BYTES`: the largest string or blob a custom SQLite query may read
+/// or build (`SQLITE_LIMIT_LENGTH`). It must exceed the largest stored value the agent reads: a
+/// larger one fails to read ("string or blob too big").
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 1024 * 1024;
+/// SQLite's own ceiling for `SQLITE_LIMIT_LENGTH`.
+const SQLITE_LENGTH_CEILING: usize = 1_000_000_000;
+/// `SQLITE_LIMIT_LIKE_PATTERN_LENGTH`, in bytes: the guard's pattern limit in characters, at
+/// four bytes each.
+const SQLITE_LIKE_PATTERN_BYTES: i32 = (sql_guard::MAX_PATTERN_CHARS * 4) as i32;
 /// VM instructions between two deadline checks of the SQLite progress handler.
-const PROGRESS_OPS: i32 = 10_000;
+pub const PROGRESS_OPS: i32 = 100;
+/// How long after its deadline a SQLite statement is interrupted with `sqlite3_interrupt`.
+const SQLITE_INTERRUPT_GRACE: Duration = Duration::from_millis(250);
+/// How long after its deadline a PostgreSQL statement has its backend cancelled.
+const PG_CANCEL_GRACE: Duration = Duration::from_secs(1);
+/// How long a cancelled backend has to stop before it is terminated.
+const PG_CANCEL_WAIT: Duration = Duration::from_secs(1);
+/// How long a terminated backend has to go away.
+const PG_TERMINATE_WAIT: Duration = Duration::from_secs(5);
+/// `work_mem` of a custom query: sorts and hashes past it spill to temporary files (bounded by
+/// the role's `temp_file_limit`, see `deploy/sql/agent-readonly-role.sql`).
+const PG_WORK_MEM: &str = "4MB";
 
 /// Limits of the custom-SQL path (config: `AGENT_SQL_*`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SqlSettings {
+    /// Tables, columns and functions, and `AGENT_SQL_MAX_COLUMNS` (default 32).
     pub policy: SqlPolicy,
     /// `AGENT_SQL_TIMEOUT_SECS`, default 5.
     pub timeout: Duration,
     /// `AGENT_SQL_MAX_ROWS`, default 1000.
     pub max_rows: usize,
-    /// `AGENT_SQL_MAX_CELL_BYTES`, default 4096: longer text is cut.
+    /// `AGENT_SQL_MAX_CELL_BYTES`, default 4096: longer text is cut (by the engine first).
     pub max_cell_bytes: usize,
     /// `AGENT_SQL_MAX_RESULT_BYTES`, default 65536: rendered JSON of all rows.
     pub max_result_bytes: usize,
+    /// `AGENT_SQL_MAX_VALUE_BYTES`, default 1 MiB: SQLite's `SQLITE_LIMIT_LENGTH` for custom SQL.
+    pub max_value_bytes: usize,
     /// `AGENT_SQL_PER_USER`, default 1: custom queries one user may run at once.
     pub per_user: usize,
     /// `AGENT_SQL_MAX_CONCURRENT`, default 2: custom queries running at once in all (the size of
@@ -62,6 +92,7 @@ impl Default for SqlSettings {
             max_rows: 1000,
             max_cell_bytes: 4096,
             max_result_bytes: 65536,
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             per_user: 1,
             max_concurrent: 2,
         }
@@ -75,7 +106,7 @@ impl SqlSettings {
         let tables = get("AGENT_SQL_TABLES");
         let hidden = get("AGENT_SQL_HIDDEN_COLUMNS");
         let functions = get("AGENT_SQL_FUNCTIONS");
-        let policy = SqlPolicy::parse(
+        let mut policy = SqlPolicy::parse(
             tables.as_deref().unwrap_or(sql_guard::DEFAULT_TABLES),
             hidden
                 .as_deref()
@@ -108,15 +139,32 @@ impl SqlSettings {
                 n => Ok(n),
             }
         };
+        policy.max_columns = positive("AGENT_SQL_MAX_COLUMNS", sql_guard::DEFAULT_MAX_COLUMNS)?;
+        let max_value_bytes = positive("AGENT_SQL_MAX_VALUE_BYTES", d.max_value_bytes)?;
+        if max_value_bytes > SQLITE_LENGTH_CEILING {
+            return Err(ConfigError {
+                name: "AGENT_SQL_MAX_VALUE_BYTES",
+                problem: format!("must be at most {SQLITE_LENGTH_CEILING}"),
+            });
+        }
         Ok(SqlSettings {
             policy,
             timeout: Duration::from_secs(positive("AGENT_SQL_TIMEOUT_SECS", 5)? as u64),
             max_rows: positive("AGENT_SQL_MAX_ROWS", d.max_rows)?,
             max_cell_bytes: positive("AGENT_SQL_MAX_CELL_BYTES", d.max_cell_bytes)?,
             max_result_bytes: positive("AGENT_SQL_MAX_RESULT_BYTES", d.max_result_bytes)?,
+            max_value_bytes,
             per_user: positive("AGENT_SQL_PER_USER", d.per_user)?,
             max_concurrent: positive("AGENT_SQL_MAX_CONCURRENT", d.max_concurrent)?,
         })
+    }
+
+    /// How the guard's wrapper cuts results under these settings.
+    pub fn cut(&self) -> Cut {
+        Cut {
+            max_rows: self.max_rows,
+            cell_chars: self.max_cell_bytes,
+        }
     }
 }
 
@@ -141,36 +189,48 @@ pub struct Capper {
     max_cell_bytes: usize,
     max_result_bytes: usize,
     bytes: usize,
+    /// The result's column names when rows come from the guard's wrapper (pairs of columns).
+    columns: Option<Arc<[String]>>,
     pub rows: Vec<Map<String, Value>>,
     pub truncated: bool,
 }
 
 impl Capper {
+    /// For rows as the query returns them (each column one cell).
     pub fn new(s: &SqlSettings) -> Capper {
         Capper {
             max_rows: s.max_rows,
             max_cell_bytes: s.max_cell_bytes,
             max_result_bytes: s.max_result_bytes,
             bytes: 2,
+            columns: None,
             rows: Vec::new(),
             truncated: false,
         }
     }
 
+    /// For rows of [`sql_guard::prepare`]'s wrapper: each of `columns` is a pair of columns
+    /// (value, cut text), merged by [`merge_cell`].
+    pub fn wrapped(s: &SqlSettings, columns: Vec<String>) -> Capper {
+        Capper {
+            columns: Some(columns.into()),
+            ..Capper::new(s)
+        }
+    }
+
     /// Adds a row (cells cut to size); `false` when the result is full and reading should stop.
     pub fn push(&mut self, mut row: Map<String, Value>) -> bool {
+        for v in row.values_mut() {
+            cut_value(v, self.max_cell_bytes);
+        }
+        self.push_cut(row)
+    }
+
+    /// Adds a row whose cells are already cut to size.
+    fn push_cut(&mut self, row: Map<String, Value>) -> bool {
         if self.rows.len() >= self.max_rows {
             self.truncated = true;
             return false;
-        }
-        for v in row.values_mut() {
-            if let Value::String(s) = v {
-                if s.len() > self.max_cell_bytes {
-                    let cut = s.len() - cut_point(s, self.max_cell_bytes);
-                    s.truncate(cut_point(s, self.max_cell_bytes));
-                    s.push_str(&format!("…[{cut} bytes cut]"));
-                }
-            }
         }
         let size = Value::Object(row.clone()).to_string().len() + 1;
         if self.bytes + size > self.max_result_bytes {
@@ -190,6 +250,41 @@ impl Capper {
     }
 }
 
+/// Cuts a text cell longer than `max` bytes, marking how much was cut.
+fn cut_value(v: &mut Value, max: usize) {
+    if let Value::String(s) = v {
+        if s.len() > max {
+            let keep = cut_point(s, max);
+            let cut = s.len() - keep;
+            s.truncate(keep);
+            s.push_str(&format!("…[{cut} bytes cut]"));
+        }
+    }
+}
+
+/// One result cell from a pair of the wrapper's columns: `value` when the engine sent it whole,
+/// else the `<octet length>:<first characters>` text it cut. The cell is at most `max` bytes
+/// plus the mark `…[N bytes cut]`, N counted from the value's full length.
+pub fn merge_cell(mut value: Value, cut: Option<&str>, max: usize) -> Value {
+    let Some(cut) = cut else {
+        cut_value(&mut value, max);
+        return value;
+    };
+    let (total, text) = match cut.split_once(':') {
+        Some((n, text)) => match n.parse::<usize>() {
+            Ok(n) => (n, text),
+            Err(_) => (cut.len(), cut),
+        },
+        None => (cut.len(), cut),
+    };
+    let keep = cut_point(text, max);
+    Value::String(format!(
+        "{}…[{} bytes cut]",
+        &text[..keep],
+        total.saturating_sub(keep)
+    ))
+}
+
 /// The largest char boundary at or below `max`.
 fn cut_point(s: &str, max: usize) -> usize {
     let mut i = max.min(s.len());
@@ -197,6 +292,40 @@ fn cut_point(s: &str, max: usize) -> usize {
         i -= 1;
     }
     i
+}
+
+/// A row's cells, cut to `max` bytes: as the query returned them (`columns` = `None`), or merged
+/// from the wrapper's column pairs and named by `columns`. Text is read borrowed from the row.
+macro_rules! row_cells {
+    ($row:expr, $columns:expr, $max:expr) => {{
+        let (row, max) = ($row, $max);
+        match $columns {
+            None => {
+                let mut cells = db::row_to_json(row);
+                for v in cells.values_mut() {
+                    cut_value(v, max);
+                }
+                cells
+            }
+            Some(columns) => columns
+                .iter()
+                .enumerate()
+                .map(|(i, name)| {
+                    let value = db::cell_to_json(row, 2 * i);
+                    let cut = row.try_get::<Option<&str>, _>(2 * i + 1).ok().flatten();
+                    (name.clone(), merge_cell(value, cut, max))
+                })
+                .collect::<Map<String, Value>>(),
+        }
+    }};
+}
+
+fn sqlite_cells(row: &SqliteRow, columns: Option<&[String]>, max: usize) -> Map<String, Value> {
+    row_cells!(row, columns, max)
+}
+
+fn pg_cells(row: &PgRow, columns: Option<&[String]>, max: usize) -> Map<String, Value> {
+    row_cells!(row, columns, max)
 }
 
 /// The custom-SQL pool of one engine.
@@ -220,7 +349,7 @@ impl SqlRunner {
     pub fn open(url: &str, settings: SqlSettings) -> Result<SqlRunner, sqlx::Error> {
         let size = settings.max_concurrent.max(1) as u32;
         let pool = if url.starts_with("sqlite:") {
-            SqlPool::Sqlite(hardened_sqlite_pool(url, size)?)
+            SqlPool::Sqlite(hardened_sqlite_pool(url, size, settings.max_value_bytes)?)
         } else {
             SqlPool::Postgres(hardened_pg_pool(url, size, settings.timeout)?)
         };
@@ -250,31 +379,43 @@ impl SqlRunner {
     }
 
     /// Checks `sql` and, if the guard allows it, runs it for `user_id` under every limit.
-    /// Returns the canonical SQL that ran and the capped rows.
+    /// Returns the canonical text of the checked query (it runs inside the guard's cutting
+    /// wrapper) and the capped rows.
     pub async fn run(&self, user_id: i64, sql: &str) -> Result<(String, Rows), SqlError> {
         let schema = self
             .schema
             .get_or_try_init(|| load_schema(&self.pool, &self.settings.policy))
             .await?;
-        let canonical = sql_guard::check(sql, self.dialect(), &self.settings.policy, schema)?;
-        let _mine = self.user_permit(user_id)?;
+        let prepared = sql_guard::prepare(
+            sql,
+            self.dialect(),
+            &self.settings.policy,
+            schema,
+            self.settings.cut(),
+        )?;
+        let mine = self.user_permit(user_id)?;
         let timeout = self.settings.timeout;
-        let _slot = tokio::time::timeout(timeout, self.all.clone().acquire_owned())
+        let slot = tokio::time::timeout(timeout, self.all.clone().acquire_owned())
             .await
             .map_err(|_| SqlError::Busy("too many custom queries are running; try again".into()))?
             .map_err(|_| SqlError::Busy("custom SQL is shutting down".into()))?;
-        let capper = Capper::new(&self.settings);
-        let run = async {
-            match &self.pool {
-                SqlPool::Sqlite(p) => execute_sqlite(p, &canonical, timeout, capper).await,
-                SqlPool::Postgres(p) => execute_pg(p, &canonical, timeout, capper).await,
-            }
-        };
-        // The engines stop the statement at `timeout`; this only bounds waiting for them.
-        let rows = tokio::time::timeout(timeout + Duration::from_secs(2), run)
+        let capper = Capper::wrapped(&self.settings, prepared.columns);
+        let pool = self.pool.clone();
+        let text = prepared.sql;
+        // The statement runs in a task of its own holding both permits: they are released when
+        // the database has ended it, even if this caller stops waiting.
+        let task = tokio::spawn(async move {
+            let rows = match &pool {
+                SqlPool::Sqlite(p) => execute_sqlite(p, &text, timeout, capper).await,
+                SqlPool::Postgres(p) => execute_pg(p, &text, timeout, capper).await,
+            };
+            drop((slot, mine));
+            rows
+        });
+        let rows = task
             .await
-            .unwrap_or(Err(SqlError::Timeout(timeout)))?;
-        Ok((canonical, rows))
+            .map_err(|e| SqlError::Query(format!("the query task failed: {e}")))??;
+        Ok((prepared.canonical, rows))
     }
 
     fn user_permit(&self, user_id: i64) -> Result<OwnedSemaphorePermit, SqlError> {
@@ -301,10 +442,15 @@ impl SqlRunner {
 }
 
 /// A lazy SQLite pool for custom SQL: [`sqlite_read_only`] options, [`harden_sqlite`] on connect.
-pub fn hardened_sqlite_pool(url: &str, size: u32) -> Result<SqlitePool, sqlx::Error> {
+pub fn hardened_sqlite_pool(
+    url: &str,
+    size: u32,
+    max_value_bytes: usize,
+) -> Result<SqlitePool, sqlx::Error> {
+    let max_value = max_value_bytes.min(SQLITE_LENGTH_CEILING) as i32;
     Ok(SqlitePoolOptions::new()
         .max_connections(size)
-        .after_connect(|conn, _| Box::pin(harden_sqlite(conn)))
+        .after_connect(move |conn, _| Box::pin(harden_sqlite(conn, max_value)))
         .connect_lazy_with(sqlite_read_only(url)?))
 }
 
@@ -324,14 +470,21 @@ pub fn sqlite_read_only(url: &str) -> Result<SqliteConnectOptions, sqlx::Error> 
         .statement_cache_capacity(0))
 }
 
-/// Per-connection SQLite limits: no attached databases, bounded string/blob length.
-pub async fn harden_sqlite(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+/// Per-connection SQLite limits: no attached databases, no string or blob longer than
+/// `max_value` bytes (read or built), LIKE/GLOB patterns of at most the guard's pattern length.
+pub async fn harden_sqlite(conn: &mut SqliteConnection, max_value: i32) -> Result<(), sqlx::Error> {
+    use libsqlite3_sys as ffi;
     let mut handle = conn.lock_handle().await?;
     let db = handle.as_raw_handle().as_ptr();
     // SAFETY: `db` is the live handle of this connection, locked for the duration of the calls.
     unsafe {
-        libsqlite3_sys::sqlite3_limit(db, libsqlite3_sys::SQLITE_LIMIT_ATTACHED, 0);
-        libsqlite3_sys::sqlite3_limit(db, libsqlite3_sys::SQLITE_LIMIT_LENGTH, SQLITE_MAX_LENGTH);
+        ffi::sqlite3_limit(db, ffi::SQLITE_LIMIT_ATTACHED, 0);
+        ffi::sqlite3_limit(db, ffi::SQLITE_LIMIT_LENGTH, max_value);
+        ffi::sqlite3_limit(
+            db,
+            ffi::SQLITE_LIMIT_LIKE_PATTERN_LENGTH,
+            SQLITE_LIKE_PATTERN_BYTES,
+        );
     }
     Ok(())
 }
@@ -366,35 +519,78 @@ where
 {
     let mut s = std::pin::pin!(stream);
     while let Some(row) = s.try_next().await? {
-        if !capper.push(row) {
+        if !capper.push_cut(row) {
             break;
         }
     }
     Ok(capper.finish())
 }
 
-/// Runs one query on SQLite with a progress handler that interrupts it at the deadline.
+/// The raw handle of a SQLite connection, for `sqlite3_interrupt` from another thread.
+struct RawDb(*mut libsqlite3_sys::sqlite3);
+// SAFETY: the pointer is only passed to `sqlite3_interrupt`, which SQLite documents as safe to
+// call from any thread while the connection is open.
+unsafe impl Send for RawDb {}
+unsafe impl Sync for RawDb {}
+
+/// Runs one query on SQLite with a progress handler that interrupts it at the deadline, and
+/// `sqlite3_interrupt` shortly after it if the statement is still running. Returns only when
+/// the statement has ended.
 pub async fn execute_sqlite(
     pool: &SqlitePool,
     sql: &str,
     timeout: Duration,
     capper: Capper,
 ) -> Result<Rows, SqlError> {
+    let started = Instant::now();
+    let deadline = started + timeout;
     let mut conn = pool.acquire().await.map_err(query_error)?;
     let interrupted = Arc::new(AtomicBool::new(false));
-    arm_interrupt(&mut conn, Instant::now() + timeout, interrupted.clone())
+    let raw = arm_interrupt(&mut conn, deadline, interrupted.clone())
         .await
         .map_err(query_error)?;
-    let stream = sqlx::query(sql)
-        .persistent(false)
-        .fetch(&mut *conn)
-        .map_ok(|r| db::row_to_json(&r));
-    let result = collect(stream, capper).await;
-    // Best effort: the next query installs its own deadline anyway.
-    if let Ok(mut handle) = conn.lock_handle().await {
-        handle.remove_progress_handler();
+    let columns = capper.columns.clone();
+    let max = capper.max_cell_bytes;
+    let mut late = false;
+    let result = {
+        let stream = sqlx::query(sql)
+            .persistent(false)
+            .fetch(&mut *conn)
+            .map_ok(move |r| sqlite_cells(&r, columns.as_deref(), max));
+        let work = collect(stream, capper);
+        tokio::pin!(work);
+        tokio::select! {
+            r = &mut work => r,
+            () = tokio::time::sleep_until((deadline + SQLITE_INTERRUPT_GRACE).into()) => {
+                late = true;
+                tracing::warn!(?timeout, "a custom SQLite statement outlived its deadline; interrupting it");
+                // SAFETY: the connection stays open until this function returns, and it returns
+                // only after the statement has ended (below).
+                unsafe { libsqlite3_sys::sqlite3_interrupt(raw.0) };
+                work.await
+            }
+        }
+    };
+    // The worker hands the handle out only after the statement has run to its end.
+    let ended = match conn.lock_handle().await {
+        Ok(mut handle) => {
+            handle.remove_progress_handler();
+            true
+        }
+        Err(_) => false,
+    };
+    if !ended {
+        conn.close_on_drop();
     }
-    if interrupted.load(Ordering::SeqCst) {
+    let took = started.elapsed();
+    if took > timeout + SQLITE_INTERRUPT_GRACE {
+        tracing::warn!(
+            ?took,
+            ?timeout,
+            "a custom SQLite statement ended after its deadline"
+        );
+    }
+    if late || interrupted.load(Ordering::SeqCst) {
         return Err(SqlError::Timeout(timeout));
     }
     result.map_err(query_error)
@@ -402,12 +598,12 @@ pub async fn execute_sqlite(
 
 /// Installs the deadline: past it, SQLite's progress handler makes the running statement fail
 /// with `SQLITE_INTERRUPT` (checked every [`PROGRESS_OPS`] VM instructions), and `interrupted`
-/// is set. Each query installs its own, replacing the previous one.
-pub async fn arm_interrupt(
+/// is set. Each query installs its own, replacing the previous one. Returns the raw handle.
+async fn arm_interrupt(
     conn: &mut SqliteConnection,
     deadline: Instant,
     interrupted: Arc<AtomicBool>,
-) -> Result<(), sqlx::Error> {
+) -> Result<RawDb, sqlx::Error> {
     let mut handle = conn.lock_handle().await?;
     handle.set_progress_handler(PROGRESS_OPS, move || {
         if Instant::now() >= deadline {
@@ -417,18 +613,25 @@ pub async fn arm_interrupt(
             true
         }
     });
-    Ok(())
+    Ok(RawDb(handle.as_raw_handle().as_ptr()))
 }
 
-/// Runs one query on PostgreSQL inside `BEGIN READ ONLY` with `SET LOCAL statement_timeout`,
-/// then rolls back whatever happened.
+/// Runs one query on PostgreSQL inside `BEGIN READ ONLY` with `SET LOCAL statement_timeout` and
+/// `work_mem`, then rolls back whatever happened. If the statement has not ended a second after
+/// its deadline, its backend is cancelled and then terminated ([`stop_backend`]) and the
+/// connection is closed. Returns only when the statement has ended.
 pub async fn execute_pg(
     pool: &PgPool,
     sql: &str,
     timeout: Duration,
     capper: Capper,
 ) -> Result<Rows, SqlError> {
+    let started = Instant::now();
     let mut conn = pool.acquire().await.map_err(query_error)?;
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(query_error)?;
     let mut tx = conn
         .begin_with("BEGIN TRANSACTION READ ONLY")
         .await
@@ -438,19 +641,60 @@ pub async fn execute_pg(
         format!("SET LOCAL statement_timeout = {ms}"),
         format!("SET LOCAL lock_timeout = {ms}"),
         format!("SET LOCAL idle_in_transaction_session_timeout = {}", ms * 2),
+        format!("SET LOCAL work_mem = '{PG_WORK_MEM}'"),
     ] {
         (&mut *tx)
             .execute(set.as_str())
             .await
             .map_err(query_error)?;
     }
+    let deadline = Instant::now() + timeout;
+    let columns = capper.columns.clone();
+    let max = capper.max_cell_bytes;
+    let mut stopped = false;
     let result = {
         let stream = sqlx::query(sql)
             .persistent(false)
             .fetch(&mut *tx)
-            .map_ok(|r| db::row_to_json(&r));
-        collect(stream, capper).await
+            .map_ok(move |r| pg_cells(&r, columns.as_deref(), max));
+        let work = collect(stream, capper);
+        tokio::pin!(work);
+        tokio::select! {
+            r = &mut work => r,
+            () = tokio::time::sleep_until((deadline + PG_CANCEL_GRACE).into()) => {
+                stopped = true;
+                tracing::warn!(pid, ?timeout, "a custom PostgreSQL statement outlived its deadline; cancelling its backend");
+                let options = pool.connect_options();
+                let stop = stop_backend(&options, pid);
+                tokio::pin!(stop);
+                tokio::select! {
+                    r = &mut work => r,
+                    gone = &mut stop => match gone {
+                        // Its connection is closed by the server: the read ends at once.
+                        true => tokio::time::timeout(PG_CANCEL_WAIT, work)
+                            .await
+                            .unwrap_or(Err(sqlx::Error::PoolClosed)),
+                        // Not confirmed: wait for the statement itself.
+                        false => work.await,
+                    },
+                }
+            }
+        }
     };
+    let took = started.elapsed();
+    if took > timeout + PG_CANCEL_GRACE {
+        tracing::warn!(
+            pid,
+            ?took,
+            ?timeout,
+            "a custom PostgreSQL statement ended after its deadline"
+        );
+    }
+    if stopped {
+        drop(tx);
+        conn.close_on_drop();
+        return Err(SqlError::Timeout(timeout));
+    }
     // A failed rollback leaves the connection unusable; close it rather than reuse it.
     if tx.rollback().await.is_err() {
         conn.close_on_drop();
@@ -463,7 +707,77 @@ pub async fn execute_pg(
     })
 }
 
-/// Reads the columns of the allowed tables (names lower-cased).
+/// Stops backend `pid` from a connection of its own: `pg_cancel_backend`, and if it is still
+/// active after [`PG_CANCEL_WAIT`], `pg_terminate_backend`. True once the backend is gone;
+/// false when it stopped its statement by itself or nothing could be confirmed (the caller then
+/// waits for the statement). Both signals act only where the backend checks for interrupts, so
+/// a single call that never checks runs to its end regardless: the guard keeps those from
+/// starting.
+async fn stop_backend(options: &PgConnectOptions, pid: i32) -> bool {
+    let run = async {
+        let mut c = sqlx::PgConnection::connect_with(options).await?;
+        sqlx::query("SELECT pg_cancel_backend($1)")
+            .bind(pid)
+            .execute(&mut c)
+            .await?;
+        if wait_for_backend(&mut c, pid, |state| state != Some("active"), PG_CANCEL_WAIT).await? {
+            return Ok::<bool, sqlx::Error>(false);
+        }
+        tracing::warn!(
+            pid,
+            "a cancelled custom PostgreSQL statement is still active; terminating its backend"
+        );
+        sqlx::query("SELECT pg_terminate_backend($1)")
+            .bind(pid)
+            .execute(&mut c)
+            .await?;
+        let gone =
+            wait_for_backend(&mut c, pid, |state| state.is_none(), PG_TERMINATE_WAIT).await?;
+        if !gone {
+            tracing::error!(
+                pid,
+                "a terminated custom PostgreSQL backend is still running"
+            );
+        }
+        c.close().await.ok();
+        Ok(gone)
+    };
+    match run.await {
+        Ok(gone) => gone,
+        Err(e) => {
+            tracing::error!(pid, error = %e, "could not stop a custom PostgreSQL statement");
+            false
+        }
+    }
+}
+
+/// Polls `pg_stat_activity` until `done(state)` holds for backend `pid` (`None`: no such
+/// backend) or `wait` has passed; returns whether it held.
+async fn wait_for_backend(
+    c: &mut sqlx::PgConnection,
+    pid: i32,
+    done: impl Fn(Option<&str>) -> bool,
+    wait: Duration,
+) -> Result<bool, sqlx::Error> {
+    let until = Instant::now() + wait;
+    loop {
+        let state: Option<Option<String>> =
+            sqlx::query_scalar("SELECT state FROM pg_stat_activity WHERE pid = $1")
+                .bind(pid)
+                .fetch_optional(&mut *c)
+                .await?;
+        let state = state.map(|s| s.unwrap_or_default());
+        if done(state.as_deref()) {
+            return Ok(true);
+        }
+        if Instant::now() >= until {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Reads the columns of the allowed tables in table order (table names lower-cased).
 async fn load_schema(pool: &SqlPool, policy: &SqlPolicy) -> Result<Schema, SqlError> {
     let mut schema = Schema::default();
     for table in policy.tables.keys() {
@@ -471,7 +785,7 @@ async fn load_schema(pool: &SqlPool, policy: &SqlPolicy) -> Result<Schema, SqlEr
             SqlPool::Sqlite(p) => {
                 let rows = sqlx::query(
                     "SELECT p.name FROM sqlite_master m, pragma_table_info(m.name) p \
-                     WHERE m.type IN ('table','view') AND lower(m.name) = ?1",
+                     WHERE m.type IN ('table','view') AND lower(m.name) = ?1 ORDER BY p.cid",
                 )
                 .bind(table)
                 .fetch_all(p)
@@ -482,7 +796,8 @@ async fn load_schema(pool: &SqlPool, policy: &SqlPolicy) -> Result<Schema, SqlEr
             SqlPool::Postgres(p) => {
                 let rows = sqlx::query(
                     "SELECT column_name::text FROM information_schema.columns \
-                     WHERE lower(table_name) = $1 AND table_schema = ANY(current_schemas(false))",
+                     WHERE lower(table_name) = $1 AND table_schema = ANY(current_schemas(false)) \
+                     ORDER BY ordinal_position",
                 )
                 .bind(table)
                 .fetch_all(p)
@@ -492,10 +807,7 @@ async fn load_schema(pool: &SqlPool, policy: &SqlPolicy) -> Result<Schema, SqlEr
             }
         };
         if !cols.is_empty() {
-            schema.columns.insert(
-                table.clone(),
-                cols.into_iter().map(|c| c.to_lowercase()).collect(),
-            );
+            schema.columns.insert(table.clone(), cols);
         }
     }
     Ok(schema)
@@ -546,11 +858,59 @@ mod tests {
             SqlSettings::load(&zero).unwrap_err().name,
             "AGENT_SQL_PER_USER"
         );
+        let env = |k: &str| match k {
+            "AGENT_SQL_MAX_COLUMNS" => Some("8".to_string()),
+            "AGENT_SQL_MAX_VALUE_BYTES" => Some("65536".to_string()),
+            _ => None,
+        };
+        let s = SqlSettings::load(&env).unwrap();
+        assert_eq!((s.policy.max_columns, s.max_value_bytes), (8, 65536));
+        assert_eq!(
+            s.cut(),
+            Cut {
+                max_rows: 1000,
+                cell_chars: 4096
+            }
+        );
+        let huge = |k: &str| (k == "AGENT_SQL_MAX_VALUE_BYTES").then(|| "2000000000".to_string());
+        assert_eq!(
+            SqlSettings::load(&huge).unwrap_err().name,
+            "AGENT_SQL_MAX_VALUE_BYTES"
+        );
         let bad = |k: &str| (k == "AGENT_SQL_TABLES").then(|| "Users(id".to_string());
         assert_eq!(
             SqlSettings::load(&bad).unwrap_err().name,
             "AGENT_SQL_TABLES"
         );
+    }
+
+    #[test]
+    fn wrapped_cells_are_merged_and_marked() {
+        // Short enough: the value itself (any type), long text cut to the byte cap.
+        assert_eq!(merge_cell(json!(7), None, 10), json!(7));
+        assert_eq!(merge_cell(json!("short"), None, 10), json!("short"));
+        assert_eq!(
+            merge_cell(json!("ééééééééé"), None, 10),
+            json!("ééééé…[8 bytes cut]")
+        );
+        // Cut by the engine: "<octet length>:<first characters>".
+        assert_eq!(
+            merge_cell(Value::Null, Some("5000:abcdefghijklmnop"), 10),
+            json!("abcdefghij…[4990 bytes cut]")
+        );
+        assert_eq!(
+            merge_cell(Value::Null, Some("20:éééééééééé"), 5),
+            json!("éé…[16 bytes cut]")
+        );
+        // A cut text without a length still comes out marked.
+        assert_eq!(
+            merge_cell(Value::Null, Some("abcdefghijkl"), 10),
+            json!("abcdefghij…[2 bytes cut]")
+        );
+        let s = SqlSettings::default();
+        let mut c = Capper::wrapped(&s, vec!["a".into()]);
+        assert_eq!(c.columns.as_deref(), Some(&["a".to_string()][..]));
+        assert!(c.push_cut(row(json!({"a": 1}))));
     }
 
     #[test]

@@ -114,6 +114,14 @@ const CASES: &[(Expect, &str)] = &[
     (Refused, "SELECT CAST(password AS INTEGER) FROM \"Users\""),
     (Refused, "SELECT count(*) FROM \"Users\" WHERE \"updatedAt\" > '2000-01-01'"),
     (Refused, "WITH chat_messages AS (SELECT 1 AS x FROM chat_messages) SELECT * FROM chat_messages"),
+    // Names that fail closed: a column list on a real table's alias, unknown names.
+    (Refused, r#"SELECT c4 AS p FROM "Users" AS u(c1, c2, c3, c4)"#),
+    (Refused, r#"SELECT x.e FROM (SELECT v.c3 AS e FROM "Articles" a JOIN "Users" AS v(c1, c2, c3) ON v.c1 = a."id") x"#),
+    (Refused, r#"SELECT "nothere" FROM "Articles""#),
+    // Calls whose cost no timer bounds.
+    (Refused, r#"SELECT instr(x.h, 'a') FROM (SELECT group_concat("title", '') AS h FROM "Articles") x"#),
+    (Refused, r#"SELECT strpos("title", "author") FROM "Articles""#),
+    (Refused, r#"SELECT "title" FROM "Articles" WHERE "title" ~ 'a'"#),
     // Allowed and harmless.
     (Harmless, "SELECT \"id\", \"username\", \"isAdmin\" FROM \"Users\""),
     (Harmless, "WITH chat_messages AS (SELECT 1 AS x) SELECT * FROM chat_messages"),
@@ -317,7 +325,9 @@ async fn the_database_walls_hold_without_the_guard() {
     let dir = temp_dir();
     let db = sqlite_fixture(dir.path(), "nn.db").await;
     let before = std::fs::read(&db).unwrap();
-    let pool = sql_exec::hardened_sqlite_pool(&sqlite_url(&db), 1).unwrap();
+    let pool =
+        sql_exec::hardened_sqlite_pool(&sqlite_url(&db), 1, sql_exec::DEFAULT_MAX_VALUE_BYTES)
+            .unwrap();
     let copy = dir.path().join("copy.db");
     for sql in [
         format!(
@@ -507,6 +517,12 @@ async fn the_shipped_role_reads_only_allowed_columns() {
         .await
         .unwrap();
     assert_eq!(names, vec!["ada", "grace"]);
+    // The script ran as a superuser, so the role's temporary files are capped too.
+    let limit: String = sqlx::query_scalar("SHOW temp_file_limit")
+        .fetch_one(&mut agent)
+        .await
+        .unwrap();
+    assert_eq!(limit, "256MB");
     for sql in [
         r#"SELECT "password" FROM "Users""#,
         r#"SELECT "email" FROM "Users""#,

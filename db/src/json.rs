@@ -1,5 +1,5 @@
 //! JSON values in and out of SQL, written once for every sqlx database: [`bind_json`] binds an
-//! argument, [`row_to_json`] turns a row into a JSON object.
+//! argument, [`row_to_json`] turns a row into a JSON object, [`cell_to_json`] one cell.
 
 use serde_json::{Map, Value};
 use sqlx::query::Query;
@@ -46,14 +46,14 @@ macro_rules! first_decodable {
     }};
 }
 
-/// A row as a JSON object keyed by column name. Values: text, integers, floats, booleans, dates and
-/// timestamps (as text); `"<binary>"` for bytes and `"<unsupported type>"` for anything else
-/// (NUMERIC, arrays ...).
-pub fn row_to_json<R>(row: &R) -> Map<String, Value>
+/// Cell `i` of a row as JSON: text (read from the row's own bytes: the one copy made is the
+/// JSON string), integers, floats, booleans, dates and timestamps (as text); `"<binary>"` for
+/// bytes and `"<unsupported type>"` for anything else (NUMERIC, arrays ...).
+pub fn cell_to_json<R>(row: &R, i: usize) -> Value
 where
     R: Row,
     usize: ColumnIndex<R>,
-    String: Decodes<R::Database>,
+    for<'r> &'r str: Decode<'r, R::Database> + Type<R::Database>,
     i64: Decodes<R::Database>,
     i32: Decodes<R::Database>,
     i16: Decodes<R::Database>,
@@ -65,26 +65,45 @@ where
     chrono::DateTime<chrono::Utc>: Decodes<R::Database>,
     chrono::NaiveDateTime: Decodes<R::Database>,
 {
-    let column = |i: usize| -> Value {
-        // Order matters where types overlap: SQLite integers also decode as booleans and i32.
-        first_decodable!(row, i,
-            String => Value::from,
-            i64 => Value::from,
-            i32 => Value::from,
-            i16 => Value::from,
-            f64 => Value::from,
-            f32 => Value::from,
-            bool => Value::from,
-            chrono::NaiveDate => |d: chrono::NaiveDate| Value::from(d.to_string()),
-            chrono::DateTime<chrono::Utc> => |d: chrono::DateTime<chrono::Utc>| Value::from(d.to_rfc3339()),
-            chrono::NaiveDateTime => |d: chrono::NaiveDateTime| Value::from(d.to_string()),
-            Vec<u8> => |_| Value::from("<binary>"),
-        );
-        Value::from("<unsupported type>")
-    };
+    if let Ok(v) = row.try_get::<Option<&str>, _>(i) {
+        return v.map(Value::from).unwrap_or(Value::Null);
+    }
+    // Order matters where types overlap: SQLite integers also decode as booleans and i32.
+    first_decodable!(row, i,
+        i64 => Value::from,
+        i32 => Value::from,
+        i16 => Value::from,
+        f64 => Value::from,
+        f32 => Value::from,
+        bool => Value::from,
+        chrono::NaiveDate => |d: chrono::NaiveDate| Value::from(d.to_string()),
+        chrono::DateTime<chrono::Utc> => |d: chrono::DateTime<chrono::Utc>| Value::from(d.to_rfc3339()),
+        chrono::NaiveDateTime => |d: chrono::NaiveDateTime| Value::from(d.to_string()),
+        Vec<u8> => |_| Value::from("<binary>"),
+    );
+    Value::from("<unsupported type>")
+}
+
+/// A row as a JSON object keyed by column name, each cell as [`cell_to_json`] reads it.
+pub fn row_to_json<R>(row: &R) -> Map<String, Value>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    for<'r> &'r str: Decode<'r, R::Database> + Type<R::Database>,
+    i64: Decodes<R::Database>,
+    i32: Decodes<R::Database>,
+    i16: Decodes<R::Database>,
+    f64: Decodes<R::Database>,
+    f32: Decodes<R::Database>,
+    bool: Decodes<R::Database>,
+    Vec<u8>: Decodes<R::Database>,
+    chrono::NaiveDate: Decodes<R::Database>,
+    chrono::DateTime<chrono::Utc>: Decodes<R::Database>,
+    chrono::NaiveDateTime: Decodes<R::Database>,
+{
     row.columns()
         .iter()
         .enumerate()
-        .map(|(i, col)| (col.name().to_string(), column(i)))
+        .map(|(i, col)| (col.name().to_string(), cell_to_json(row, i)))
         .collect()
 }

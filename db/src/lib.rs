@@ -21,7 +21,8 @@
 //! - [`with_pool!`]: runs one expression against the engine's typed pool (`sqlx::SqlitePool` or
 //!   `sqlx::PgPool`), for typed queries (`query_as`, transactions).
 //! - [`bind_json`] binds a JSON value to any sqlx query; [`row_to_json`] turns any row into a JSON
-//!   object; [`Pool::fetch_json`] / [`Pool::execute_json`] do both for SQL with JSON arguments.
+//!   object, [`cell_to_json`] one cell (text read from the row's own bytes); [`Pool::fetch_json`] /
+//!   [`Pool::execute_json`] do both for SQL with JSON arguments.
 //! - [`Migrations`] + [`Pool::migrate`]: sqlx's `migrate!` with one folder per engine, safe when
 //!   two processes start at once (PostgreSQL: sqlx's advisory lock; SQLite: the whole run inside one
 //!   `BEGIN IMMEDIATE` transaction, so the second process waits and then finds nothing to do).
@@ -35,7 +36,7 @@ mod pool;
 
 pub use engine::{check_identifier, Engine};
 pub use error::{timed, Error};
-pub use json::{bind_json, row_to_json};
+pub use json::{bind_json, cell_to_json, row_to_json};
 pub use pool::{Access, Migrations, Options, Pool};
 
 #[doc(hidden)]

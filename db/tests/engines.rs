@@ -251,3 +251,53 @@ async fn postgres_migrations_from_several_processes_at_once() {
     };
     migrate_at_once(&pg.url).await;
 }
+
+/// `cell_to_json` reads each type the same way on both engines (text borrowed from the row).
+#[tokio::test]
+async fn cells_decode_one_by_one_on_both_engines() {
+    use sqlx::Connection;
+    let dir = temp_dir();
+    let url = format!("{}?mode=rwc", sqlite_url(&dir.path().join("c.db")));
+    let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let row = sqlx::query("SELECT 'é' AS t, 42 AS i, 2.5 AS f, NULL AS n, x'00' AS b")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    let cells: Vec<Value> = (0..5).map(|i| db::cell_to_json(&row, i)).collect();
+    assert_eq!(
+        cells,
+        [
+            json!("é"),
+            json!(42),
+            json!(2.5),
+            Value::Null,
+            json!("<binary>")
+        ]
+    );
+
+    let Some(pg) = PgTestDb::create().await else {
+        return;
+    };
+    let mut c = sqlx::PgConnection::connect(&pg.url).await.unwrap();
+    let row = sqlx::query(
+        "SELECT 'é'::text AS t, 42 AS i, 2.5::float8 AS f, NULL::text AS n, true AS b, \
+         DATE '2025-01-02' AS d, TIMESTAMPTZ '2025-01-02 03:04:05+00' AS ts, 1.5::numeric AS x",
+    )
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    let cells: Vec<Value> = (0..8).map(|i| db::cell_to_json(&row, i)).collect();
+    assert_eq!(
+        cells,
+        [
+            json!("é"),
+            json!(42),
+            json!(2.5),
+            Value::Null,
+            json!(true),
+            json!("2025-01-02"),
+            json!("2025-01-02T03:04:05+00:00"),
+            json!("<unsupported type>")
+        ]
+    );
+}

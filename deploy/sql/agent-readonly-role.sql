@@ -24,6 +24,21 @@ ALTER ROLE newsnexus_agent SET default_transaction_read_only = on;
 ALTER ROLE newsnexus_agent SET statement_timeout = '5s';
 ALTER ROLE newsnexus_agent SET idle_in_transaction_session_timeout = '30s';
 
+-- Temporary files: the agent sets work_mem = 4MB per custom query, so larger sorts and hashes
+-- spill to disk; temp_file_limit caps the disk one query may use. PostgreSQL lets only a
+-- superuser set it (also for a role), so this step runs only when the script does; otherwise
+-- have a superuser run:
+--   ALTER ROLE newsnexus_agent SET temp_file_limit = '256MB';
+DO $$
+BEGIN
+  IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+    ALTER ROLE newsnexus_agent SET temp_file_limit = '256MB';
+  ELSE
+    RAISE NOTICE 'temp_file_limit not set: a superuser must run ALTER ROLE newsnexus_agent SET temp_file_limit = ''256MB''';
+  END IF;
+END
+$$;
+
 -- Nothing but what is granted below.
 REVOKE ALL ON ALL TABLES IN SCHEMA public FROM newsnexus_agent;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM newsnexus_agent;
