@@ -54,7 +54,7 @@ pub async fn handler(
             StatusCode::BAD_REQUEST,
             axum::Json(shared::error_body::ErrorBody::new(
                 "invalid_client_id",
-                &format!("The client id must be {}.", shared::client_id::GRAMMAR),
+                format!("The client id must be {}.", shared::client_id::GRAMMAR),
             )),
         )
             .into_response();

@@ -155,7 +155,7 @@ impl<'h> Facts<'h> {
                         f.chunked_seen = true;
                     }
                 }
-                if let Some(last) = codings.last() {
+                if let Some(last) = codings.clone().next_back() {
                     f.chunked_last = last.eq_ignore_ascii_case("chunked");
                 }
             } else if h.name.eq_ignore_ascii_case("connection") {
