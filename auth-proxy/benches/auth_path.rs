@@ -6,11 +6,8 @@
 
 use std::sync::Arc;
 
-use auth_proxy::config::{Config, UsersConfig};
-use auth_proxy::jwt::JwtVerifier;
-use auth_proxy::metrics::Metrics;
-use auth_proxy::token;
-use auth_proxy::users::Users;
+use auth_proxy::bench::{token, JwtVerifier, Metrics, Users};
+use auth_proxy::{Config, UsersConfig};
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 
 const SECRET: &str = "bench-secret-that-is-at-least-32-bytes-long";
@@ -49,12 +46,12 @@ fn bench(c: &mut Criterion) {
         .unwrap();
     let db = rt.block_on(test_support::sqlite_fixture(dir.path(), "nn.db"));
     let config = config(test_support::sqlite_url(&db));
-    let verifier = JwtVerifier::from_config(&config).unwrap();
+    let verifier = JwtVerifier::new(&config.jwt).unwrap();
     let users = Users::new(&config.users, Arc::new(Metrics::new()));
     rt.block_on(users.get(1)).unwrap().expect("user 1 exists");
     let tok = news_nexus_token();
     let query = format!("token={tok}&provider=offline&model=offline-demo");
-    let now = auth_proxy::state::now_unix();
+    let now = auth_proxy::now_unix();
 
     // Baseline: the HS256 signature check alone, as jsonwebtoken does it.
     let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
@@ -74,7 +71,7 @@ fn bench(c: &mut Criterion) {
     });
     let mut no_cache = config.clone();
     no_cache.jwt.verified_cache_capacity = 0;
-    let every_time = JwtVerifier::from_config(&no_cache).unwrap();
+    let every_time = JwtVerifier::new(&no_cache.jwt).unwrap();
     c.bench_function("JWT verify + claim checks (token cache off)", |b| {
         b.iter(|| every_time.verify(black_box(&tok), now).unwrap())
     });

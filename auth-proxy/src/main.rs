@@ -3,8 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use auth_proxy::config::Config;
-use auth_proxy::revocations::RevocationRequest;
+use auth_proxy::{Config, RevocationRequest};
 use clap::{Parser, Subcommand};
 
 /// jemalloc, as pingora runs in production: under handshake churn glibc's malloc was a sixth of the
@@ -63,7 +62,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let env = |name: &str| std::env::var(name).ok();
-    let config = match Config::load(cli.config.clone(), &env) {
+    let config = match auth_proxy::load_config(cli.config.clone(), &env) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
@@ -97,7 +96,7 @@ fn main() -> ExitCode {
         ),
         Command::Run => {
             auth_proxy::logging::init(config.log.format);
-            let code = match auth_proxy::server::run(config, cli.config) {
+            let code = match auth_proxy::run(config, cli.config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");
@@ -111,7 +110,7 @@ fn main() -> ExitCode {
 }
 
 fn revoke(config: &Config, request: RevocationRequest) -> ExitCode {
-    let new = match request.into_new(auth_proxy::state::now_unix() as i64) {
+    let new = match request.into_new(auth_proxy::now_unix() as i64) {
         Ok(n) => n,
         Err(problem) => {
             eprintln!("{problem}");
@@ -124,11 +123,8 @@ fn revoke(config: &Config, request: RevocationRequest) -> ExitCode {
         .build()
         .map_err(|e| e.to_string())
         .and_then(|rt| {
-            rt.block_on(async {
-                let live = auth_proxy::live::Live::new(config);
-                let store = live.store().await.map_err(|e| e.to_string())?;
-                store.insert(&new).await.map_err(|e| e.to_string())
-            })
+            rt.block_on(auth_proxy::store_revocation(config, &new))
+                .map_err(|e| e.to_string())
         });
     match result {
         Ok(record) => {
@@ -153,7 +149,7 @@ fn redact(url: &str) -> String {
 }
 
 fn mint(config: &Config, user_id: i64) -> ExitCode {
-    let claims = serde_json::json!({"id": user_id, "iat": auth_proxy::state::now_unix()});
+    let claims = serde_json::json!({"id": user_id, "iat": auth_proxy::now_unix()});
     let key = jsonwebtoken::EncodingKey::from_secret(config.jwt.secret.as_bytes());
     match jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),

@@ -1,11 +1,12 @@
 //! The proxy's Prometheus metrics, in a registry of its own served by the admin listener.
 //! Labels carry route classes, statuses and outcome codes only: never user ids, client ids or paths.
 
-use crate::routes::Route;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
     Registry, TextEncoder,
 };
+
+use crate::decide::routes::Route;
 
 pub struct Metrics {
     registry: Registry,

@@ -4,7 +4,7 @@
 //! however the body is split into reads.
 #![no_main]
 
-use auth_proxy::answer::{parse_answer, Chunked, ClientSide, Framing, Parsed};
+use auth_proxy::wire::{parse_answer, Chunked, ClientSide, Framing, Parsed};
 use libfuzzer_sys::fuzz_target;
 
 /// What a strict chunked decoder (RFC 9112 section 7.1) makes of a whole body.

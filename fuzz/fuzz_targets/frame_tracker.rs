@@ -4,7 +4,7 @@
 //! that is not whole yet. Feeding follows the relay's contract (held bytes first).
 #![no_main]
 
-use auth_proxy::wsframe::{Advance, FrameTracker, Limits, Violation, HELD_ROOM};
+use auth_proxy::wire::{Advance, FrameTracker, Limits, Violation, HELD_ROOM};
 use libfuzzer_sys::fuzz_target;
 
 /// The whole stream parsed at once: (bytes that may be forwarded, the violation).

@@ -4,8 +4,8 @@
 //! client header could smuggle (a second request, a split header, the token).
 #![no_main]
 
-use auth_proxy::head::{bodiless_origin_form, upgrade_of, write_upstream_request, HeadIndex, RequestHead, RequestView};
-use auth_proxy::proxy::UpstreamEdits;
+use auth_proxy::wire::{bodiless_origin_form, upgrade_of, write_upstream_request, HeadIndex, RequestHead, RequestView};
+use auth_proxy::wire::UpstreamEdits;
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 
@@ -51,8 +51,8 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(head.upgrade(), upgrade);
 
     // The head written for the agent.
-    let stripped = query.and_then(auth_proxy::token::strip_token);
-    let new_target = auth_proxy::token::forwarded_uri_of(path, stripped.as_deref());
+    let stripped = query.and_then(auth_proxy::wire::strip_token);
+    let new_target = auth_proxy::wire::forwarded_uri_of(path, stripped.as_deref());
     let edits = UpstreamEdits {
         target: Some(new_target.clone()),
         strip_authorization: true,
