@@ -17,6 +17,7 @@
 //! edge's own tunnel, which registers it for live authorization and polices its frames.
 
 use crate::accept::head::{bodiless_origin_form, upgrade_of, Upgrade};
+use crate::decide::headers;
 use crate::decide::routes::Route;
 
 /// Who serves a request.
@@ -103,19 +104,7 @@ pub fn eligible(req: &httparse::Request) -> bool {
             let v = h.value.trim_ascii();
             return v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close");
         }
-        ![
-            "upgrade",
-            "expect",
-            "te",
-            "trailer",
-            "keep-alive",
-            "proxy-connection",
-            "proxy-authorization",
-            "proxy-authenticate",
-            "http2-settings",
-        ]
-        .iter()
-        .any(|n| name.eq_ignore_ascii_case(n))
+        !(headers::is_hop_by_hop(name) || name.eq_ignore_ascii_case("expect"))
     })
 }
 

@@ -214,7 +214,7 @@ async fn create(state: &AppState, body: Bytes) -> Response<Vec<u8>> {
         Ok(n) => n,
         Err(problem) => return error(400, "bad_request", problem),
     };
-    match state.live.revoke(state, &new).await {
+    match state.live.revoke(&new).await {
         Ok(record) => {
             info!(
                 id = record.id,

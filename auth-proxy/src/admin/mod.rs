@@ -217,7 +217,7 @@ async fn revoke_from_form(
         Ok(new) => new,
         Err(problem) => return status_page(state, 400, Some(problem.to_string()), operator),
     };
-    match state.live.revoke(state, &new).await {
+    match state.live.revoke(&new).await {
         Ok(record) => {
             tracing::info!(
                 id = record.id,

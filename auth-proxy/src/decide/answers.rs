@@ -25,8 +25,8 @@ pub(crate) fn json_response(
     if let Some(challenge) = reject.and_then(Reject::challenge) {
         h.insert_header("www-authenticate", challenge)?;
     }
-    if reject == Some(Reject::RateLimited) {
-        h.insert_header("retry-after", "60")?;
+    if let Some(secs) = reject.and_then(Reject::retry_after) {
+        h.insert_header("retry-after", secs)?;
     }
     Ok(h)
 }
@@ -80,4 +80,54 @@ pub(crate) fn insert_cors(h: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()
         }
     }
     Ok(())
+}
+
+/// The bytes of the edge's JSON answer written straight to a socket, before any HTTP session
+/// exists (the connection layer's 408, 429, 431, 503 and its 400 for a head it cannot read):
+/// the same body, `no-store` and `Retry-After` as [`json_response`], and `Connection: close`.
+pub fn raw_answer(reject: Reject) -> Vec<u8> {
+    let body = reject.body();
+    let status = reject.status();
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\ncache-control: no-store\r\nconnection: close\r\n",
+        body.len()
+    )
+    .into_bytes();
+    if let Some(secs) = reject.retry_after() {
+        out.extend_from_slice(format!("retry-after: {secs}\r\n").as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&body);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_layer_answers_are_the_decision_answers() {
+        let wire = raw_answer(Reject::ConnectionsPerIp);
+        let text = String::from_utf8(wire).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.starts_with("HTTP/1.1 429 Too Many Requests\r\n"),
+            "{head}"
+        );
+        assert!(head.contains("\r\nretry-after: 5"), "{head}");
+        assert!(head.contains("\r\nconnection: close"), "{head}");
+        assert!(
+            head.contains(&format!("content-length: {}", body.len())),
+            "{head}"
+        );
+        let json: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(json["error"], "too_many_connections");
+        let text = String::from_utf8(raw_answer(Reject::HeadTooLarge)).unwrap();
+        assert!(text.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"));
+        assert!(!text.contains("retry-after"));
+    }
 }

@@ -117,11 +117,13 @@ mod tests {
 
     #[test]
     fn both_origin_lists_are_checked_at_start() {
-        let mut cors = CorsConfig::default();
-        cors.allowed_origins = vec![
-            "https://app.example.com".into(),
-            "http://localhost:3000".into(),
-        ];
+        let mut cors = CorsConfig {
+            allowed_origins: vec![
+                "https://app.example.com".into(),
+                "http://localhost:3000".into(),
+            ],
+            ..CorsConfig::default()
+        };
         let mut ws = WsConfig::default();
         assert!(check_config(&cors, &ws).is_ok());
         ws.allowed_origins = vec!["*".into()];

@@ -69,6 +69,40 @@ pub fn loose_eq(name: &str, known: &str) -> bool {
         })
 }
 
+/// The hop-by-hop headers (RFC 9110 section 7.6.1, with the obsolete `Proxy-Connection` and the
+/// upgrade headers): meaningful for one connection only, so never forwarded as a client sent them.
+/// The one list every path uses: the tunnel removes them from a handshake, the lean path only
+/// takes heads without them ([`crate::accept::door::eligible`]).
+pub const HOP_BY_HOP: [&str; 10] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "http2-settings",
+];
+
+/// True for a header in [`HOP_BY_HOP`] (any case).
+pub fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+}
+
+/// The tokens of `Connection` header values, trimmed, empty ones skipped: the connection options
+/// (`close`, `keep-alive`) and the header names the sender nominates as hop-by-hop. The one
+/// reading of `Connection` on every path, in requests and in the agent's answers.
+pub fn connection_tokens<'a>(
+    values: impl Iterator<Item = &'a str>,
+) -> impl Iterator<Item = &'a str> {
+    values
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
 /// Headers of an upgrade a client asks for, never forwarded as sent: the edge's own tunnel sets
 /// `Upgrade: websocket` itself, and on every other path the upgrade is declined (RFC 9110
 /// section 7.8: the request is served as plain HTTP/1.1), so no path but the tunnel can switch
@@ -83,10 +117,8 @@ pub fn is_upgrade_header(name: &str) -> bool {
 /// A `Connection` header value without tokens that name reserved headers or the upgrade headers;
 /// `None` if nothing is left.
 pub fn clean_connection(value: &str) -> Option<String> {
-    let kept: Vec<&str> = value
-        .split(',')
-        .map(str::trim)
-        .filter(|t| !t.is_empty() && !is_reserved_header(t) && !is_upgrade_header(t))
+    let kept: Vec<&str> = connection_tokens(std::iter::once(value))
+        .filter(|t| !is_reserved_header(t) && !is_upgrade_header(t))
         .collect();
     (!kept.is_empty()).then(|| kept.join(", "))
 }

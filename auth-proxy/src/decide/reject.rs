@@ -35,6 +35,14 @@ pub enum Reject {
     InvalidClientId,
     /// A WebSocket handshake on a path that is not the WebSocket endpoint.
     UpgradeNotAllowed,
+    /// The connection layer: this client IP holds `connections.max_per_ip` connections already.
+    ConnectionsPerIp,
+    /// The connection layer: the edge holds its whole connection budget.
+    ConnectionsTotal,
+    /// The connection layer: the request head did not arrive within `connections.header_timeout_secs`.
+    HeadTimeout,
+    /// The connection layer: the request head is larger than the edge reads.
+    HeadTooLarge,
 }
 
 impl Reject {
@@ -48,7 +56,10 @@ impl Reject {
             RateLimited => 429,
             UpstreamUnavailable => 502,
             BadPath | Malformed | InvalidClientId | UpgradeNotAllowed => 400,
-            AuthUnavailable | ShuttingDown => 503,
+            AuthUnavailable | ShuttingDown | ConnectionsTotal => 503,
+            ConnectionsPerIp => 429,
+            HeadTimeout => 408,
+            HeadTooLarge => 431,
         }
     }
 
@@ -69,9 +80,11 @@ impl Reject {
             WebSocketRequired => "websocket_required",
             UpstreamUnavailable => "upstream_unavailable",
             ShuttingDown => "shutting_down",
-            BadPath | Malformed => "bad_request",
+            BadPath | Malformed | HeadTooLarge => "bad_request",
             InvalidClientId => "invalid_client_id",
             UpgradeNotAllowed => "upgrade_not_allowed",
+            ConnectionsPerIp | ConnectionsTotal => "too_many_connections",
+            HeadTimeout => "request_timeout",
         }
     }
 
@@ -102,6 +115,19 @@ impl Reject {
                 "The client id in /ws/{client_id} must be 1 to 128 characters of A-Z, a-z, 0-9, '.', '_' and '-'."
             }
             UpgradeNotAllowed => "WebSocket upgrades are accepted on /ws/{client_id} only.",
+            ConnectionsPerIp => "Too many open connections from this address.",
+            ConnectionsTotal => "The proxy is at its connection limit; retry shortly.",
+            HeadTimeout => "The request head was not received in time.",
+            HeadTooLarge => "The request head is too large.",
+        }
+    }
+
+    /// The `Retry-After` value (seconds) an answer with this rejection carries.
+    pub fn retry_after(self) -> Option<&'static str> {
+        match self {
+            Reject::RateLimited => Some("60"),
+            Reject::ConnectionsPerIp | Reject::ConnectionsTotal => Some("5"),
+            _ => None,
         }
     }
 
@@ -172,6 +198,29 @@ mod tests {
             Reject::UpgradeNotAllowed,
         ] {
             assert_eq!(r.status(), 400);
+            assert!(!r.is_auth_failure());
+        }
+        for (r, status, code, retry) in [
+            (
+                Reject::ConnectionsPerIp,
+                429,
+                "too_many_connections",
+                Some("5"),
+            ),
+            (
+                Reject::ConnectionsTotal,
+                503,
+                "too_many_connections",
+                Some("5"),
+            ),
+            (Reject::HeadTimeout, 408, "request_timeout", None),
+            (Reject::HeadTooLarge, 431, "bad_request", None),
+            (Reject::RateLimited, 429, "rate_limited", Some("60")),
+        ] {
+            assert_eq!(
+                (r.status(), r.code(), r.retry_after()),
+                (status, code, retry)
+            );
             assert!(!r.is_auth_failure());
         }
     }

@@ -15,6 +15,7 @@
 //! close` when the client connection ends after this answer, `X-Request-Id`, and the CORS headers.
 
 use crate::accept::head::push_header;
+use crate::decide::headers;
 
 /// Largest answer head read from the agent.
 pub const MAX_ANSWER_HEAD: usize = 64 * 1024;
@@ -159,7 +160,7 @@ impl<'h> Facts<'h> {
                     f.chunked_last = last.eq_ignore_ascii_case("chunked");
                 }
             } else if h.name.eq_ignore_ascii_case("connection") {
-                for token in value?.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                for token in headers::connection_tokens(std::iter::once(value?)) {
                     if token.eq_ignore_ascii_case("close") {
                         f.close = true;
                     } else if token.eq_ignore_ascii_case("keep-alive") {

@@ -1,7 +1,7 @@
 //! Live authorization: keeps the decisions taken at the handshake true while tunnels stay open.
 //!
 //! [`Live`] holds the revocations in force (an in-memory [`RevocationSet`], so a handshake makes
-//! no query) and the state store behind them. [`LiveService`] is the background service that keeps
+//! no query) and the state store behind them. [`crate::server::live_service::LiveService`] is the background service that keeps
 //! it current: it opens the store, loads it, then re-reads it on every PostgreSQL notification and
 //! on a catch-up poll every `live.poll_secs` (a missed notification is a late revocation, never a
 //! lost one). A revocation that is new to this replica drops the user cache entries it concerns and
@@ -9,9 +9,9 @@
 //! reloads the configured keys on SIGHUP.
 //!
 //! Open tunnels ([`crate::live::tunnels`]) are closed with WebSocket close 1008 and the rejection code as
-//! the reason ([`close_tunnels`]):
+//! the reason ([`Live::close_tunnels`]):
 //! - `token_revoked`: by a new revocation, and at registration when one came into force between
-//!   the handshake's check and the tunnel's registration ([`tunnel_opened`]);
+//!   the handshake's check and the tunnel's registration ([`Live::tunnel_opened`]);
 //! - `token_expired`: at `exp` + leeway. One timer serves every tunnel ([`Expiries`]: the distinct
 //!   expiry seconds in a `BTreeSet`, one task sleeping until the earliest); each time it fires, one
 //!   pass over the registry closes every tunnel past its `exp`. No task or timer per tunnel.
@@ -32,22 +32,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use async_trait::async_trait;
-use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{Notify, OnceCell};
 use tracing::{info, warn};
 
+use crate::auth::users::Users;
 use crate::clock::now_unix;
-use crate::config::Config;
+use crate::config::{Config, UsersConfig};
 use crate::live::recheck::{removed, Recheck};
 use crate::live::revocations::{
     matches, Kind, NewRevocation, Revocation, RevocationSet, TokenFacts,
 };
 use crate::live::store::{StateStore, StoreError};
-use crate::live::tunnels::{CloseRequest, TunnelInfo, CLOSE_POLICY_VIOLATION};
-use crate::server::state::AppState;
+use crate::live::tunnels::{CloseRequest, TunnelInfo, Tunnels, CLOSE_POLICY_VIOLATION};
+use crate::metrics::Metrics;
 
 /// Stores one revocation in the configured state store, without a running edge (the `revoke`
 /// command); a running edge learns of it by notification or poll.
@@ -55,11 +52,16 @@ pub async fn store_revocation(
     config: &Config,
     new: &NewRevocation,
 ) -> Result<Revocation, StoreError> {
-    Live::new(config).store().await?.insert(new).await
+    let url = config.state_url();
+    create_sqlite_dir(&url)?;
+    let store = StateStore::open(&url).await?;
+    let stored = store.insert(new).await;
+    store.close().await;
+    stored
 }
 
 /// How long to wait before retrying a store that could not be opened.
-const RETRY: Duration = Duration::from_secs(1);
+pub(crate) const RETRY: Duration = Duration::from_secs(1);
 
 /// The revocations in force and the store they come from.
 pub struct Live {
@@ -70,10 +72,28 @@ pub struct Live {
     /// Serialises reloads, so two of them never race to apply the same new records.
     reload: tokio::sync::Mutex<()>,
     pub expiries: Expiries,
+    /// The open tunnels kept under these revocations, expiries and user re-checks.
+    tunnels: Arc<Tunnels>,
+    /// The user cache a revocation or a removed user empties.
+    users: Arc<Users>,
+    metrics: Arc<Metrics>,
+    /// `jwt.leeway_secs`: a tunnel closes at `exp` + leeway.
+    leeway_secs: u64,
+    /// `live.recheck_secs`.
+    recheck_secs: u64,
+    /// Where the users holding tunnels are re-checked.
+    users_config: UsersConfig,
 }
 
 impl Live {
-    pub fn new(config: &Config) -> Live {
+    /// Live authorization over `tunnels`: the state store of `live.state_url` (or `data_dir`), the
+    /// user cache it empties and the metrics it counts in.
+    pub fn new(
+        config: &Config,
+        tunnels: Arc<Tunnels>,
+        users: Arc<Users>,
+        metrics: Arc<Metrics>,
+    ) -> Live {
         Live {
             url: config.state_url(),
             store: OnceCell::new(),
@@ -81,6 +101,12 @@ impl Live {
             loaded: AtomicBool::new(false),
             reload: tokio::sync::Mutex::new(()),
             expiries: Expiries::default(),
+            tunnels,
+            users,
+            metrics,
+            leeway_secs: config.jwt.leeway_secs,
+            recheck_secs: config.live.recheck_secs,
+            users_config: config.users.clone(),
         }
     }
 
@@ -136,18 +162,14 @@ impl Live {
 
     /// Stores a revocation and applies it here at once; other replicas learn of it by
     /// notification or poll.
-    pub async fn revoke(
-        &self,
-        state: &AppState,
-        new: &NewRevocation,
-    ) -> Result<Revocation, StoreError> {
+    pub async fn revoke(&self, new: &NewRevocation) -> Result<Revocation, StoreError> {
         let stored = self.store().await?.insert(new).await?;
-        self.reload(state).await?;
+        self.reload().await?;
         Ok(stored)
     }
 
     /// Re-reads the store, swaps the set in, and applies what is new since the last read.
-    pub async fn reload(&self, state: &AppState) -> Result<(), StoreError> {
+    pub async fn reload(&self) -> Result<(), StoreError> {
         let _one_at_a_time = self.reload.lock().await;
         let records = self.store().await?.list().await?;
         let next = Arc::new(RevocationSet::new(records));
@@ -157,7 +179,7 @@ impl Live {
         }
         if self.loaded.swap(true, Ordering::AcqRel) {
             for r in next.added_since(&previous) {
-                apply(state, r).await;
+                self.apply(r).await;
             }
         } else {
             info!(revocations = next.len(), "revocations loaded");
@@ -166,27 +188,147 @@ impl Live {
     }
 }
 
-/// What a new revocation changes on this replica: the user cache, the open tunnels it kills, the
-/// metrics.
-async fn apply(state: &AppState, r: &Revocation) {
-    state
-        .metrics
-        .revocations
-        .with_label_values(&[r.kind.as_str()])
-        .inc();
-    match (r.kind, r.user_id) {
-        (Kind::User, Some(id)) => state.users.forget(id).await,
-        (Kind::All, _) => state.users.forget_all(),
-        _ => {}
+impl Live {
+    /// What a new revocation changes on this replica: the user cache, the open tunnels it kills, the
+    /// metrics.
+    async fn apply(&self, r: &Revocation) {
+        self.metrics
+            .revocations
+            .with_label_values(&[r.kind.as_str()])
+            .inc();
+        match (r.kind, r.user_id) {
+            (Kind::User, Some(id)) => self.users.forget(id).await,
+            (Kind::All, _) => self.users.forget_all(),
+            _ => {}
+        }
+        let closed = self.close_tunnels("token_revoked", |t| matches(r, &facts_of(t)));
+        info!(
+            id = r.id,
+            kind = r.kind.as_str(),
+            user_id = r.user_id,
+            tunnels_closed = closed,
+            "revocation in force"
+        );
     }
-    let closed = close_tunnels(state, "token_revoked", |t| matches(r, &facts_of(t)));
-    info!(
-        id = r.id,
-        kind = r.kind.as_str(),
-        user_id = r.user_id,
-        tunnels_closed = closed,
-        "revocation in force"
-    );
+
+    /// Closes the open tunnels matching `which` with close 1008 and `reason`; counts them.
+    pub fn close_tunnels(
+        &self,
+        reason: &'static str,
+        which: impl Fn(&TunnelInfo) -> bool,
+    ) -> usize {
+        let n = self
+            .tunnels
+            .close_where(which, CloseRequest::new(CLOSE_POLICY_VIOLATION, reason));
+        if n > 0 {
+            self.metrics
+                .tunnels_closed
+                .with_label_values(&[reason])
+                .inc_by(n as u64);
+            info!(tunnels = n, reason, "closed open tunnels");
+        }
+        n
+    }
+
+    /// Called once a tunnel is registered: closes it at once if a revocation came into force since its
+    /// handshake was checked, and schedules its expiry.
+    pub fn tunnel_opened(&self, t: &TunnelInfo) {
+        if self.check(&facts_of(t)).is_some() {
+            self.close_tunnels("token_revoked", |other| std::ptr::eq(other, t));
+        }
+        if let Some(exp) = t.exp {
+            self.expiries.schedule(exp.saturating_add(self.leeway_secs));
+        }
+    }
+
+    /// The expiry timer: sleeps until the earliest deadline, then closes every tunnel past its `exp`.
+    pub async fn expire_tunnels(&self) {
+        let leeway = self.leeway_secs;
+        let expiries = &self.expiries;
+        loop {
+            let wait = expiries
+                .next()
+                .map_or(Duration::from_secs(3600), until_unix);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = expiries.wake.notified() => continue,
+            }
+            let now = now_unix();
+            if expiries.take_due(now) {
+                self.close_expired(now, leeway);
+            }
+        }
+    }
+
+    /// One pass over the registry: closes every tunnel whose `exp` + leeway is at or before `now`.
+    pub fn close_expired(&self, now: u64, leeway: u64) -> usize {
+        self.close_tunnels("token_expired", |t| {
+            t.exp.is_some_and(|exp| exp.saturating_add(leeway) <= now)
+        })
+    }
+
+    /// Every `live.recheck_secs`: one query for the users holding tunnels; closes the tunnels of those
+    /// gone.
+    pub async fn recheck_users(&self) {
+        let recheck = match Recheck::new(&self.users_config) {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "cannot re-check users with open tunnels");
+                return;
+            }
+        };
+        let mut tick = tokio::time::interval(Duration::from_secs(self.recheck_secs));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let holders: HashSet<i64> = self.tunnels.snapshot().iter().map(|t| t.user_id).collect();
+            if holders.is_empty() {
+                continue;
+            }
+            let ids: Vec<i64> = holders.iter().copied().collect();
+            let present = match recheck.present(&ids).await {
+                Ok(p) => p,
+                Err(e) => {
+                    warn!(error = %e, "re-check of users with open tunnels failed; none closed");
+                    continue;
+                }
+            };
+            let gone: HashSet<i64> = removed(&holders, &present).into_iter().collect();
+            for id in &gone {
+                self.users.forget(*id).await;
+            }
+            if !gone.is_empty() {
+                self.close_tunnels("user_removed", |t| gone.contains(&t.user_id));
+            }
+        }
+    }
+
+    /// Re-reads the store on every notification (PostgreSQL). Returns when the connection is lost.
+    pub async fn follow_notifications(&self) -> Result<(), StoreError> {
+        let Some(mut listener) = self.store().await?.listen().await? else {
+            return std::future::pending().await;
+        };
+        info!("listening for revocations");
+        // What was announced while this connection was away is read now.
+        self.reload().await?;
+        loop {
+            listener
+                .recv()
+                .await
+                .map_err(|e| StoreError(e.to_string()))?;
+            if let Err(e) = self.reload().await {
+                warn!(error = %e, "reload after a notification failed");
+            }
+        }
+    }
+
+    /// Drops the records whose tokens have expired by themselves (`exp` + leeway in the past);
+    /// returns how many.
+    pub async fn purge(&self) -> Result<u64, StoreError> {
+        let leeway = self.leeway_secs as i64;
+        self.store().await?.purge(now_unix() as i64 - leeway).await
+    }
 }
 
 /// The token facts a tunnel was opened with.
@@ -197,40 +339,6 @@ pub fn facts_of(t: &TunnelInfo) -> TokenFacts {
         iat: secs(t.iat),
         exp: secs(t.exp),
         jti: t.jti.clone(),
-    }
-}
-
-/// Closes the open tunnels matching `which` with close 1008 and `reason`; counts them.
-pub fn close_tunnels(
-    state: &AppState,
-    reason: &'static str,
-    which: impl Fn(&TunnelInfo) -> bool,
-) -> usize {
-    let n = state
-        .tunnels
-        .close_where(which, CloseRequest::new(CLOSE_POLICY_VIOLATION, reason));
-    if n > 0 {
-        state
-            .metrics
-            .tunnels_closed
-            .with_label_values(&[reason])
-            .inc_by(n as u64);
-        info!(tunnels = n, reason, "closed open tunnels");
-    }
-    n
-}
-
-/// Called once a tunnel is registered: closes it at once if a revocation came into force since its
-/// handshake was checked, and schedules its expiry.
-pub fn tunnel_opened(state: &AppState, t: &TunnelInfo) {
-    if state.live.check(&facts_of(t)).is_some() {
-        close_tunnels(state, "token_revoked", |other| std::ptr::eq(other, t));
-    }
-    if let Some(exp) = t.exp {
-        state
-            .live
-            .expiries
-            .schedule(exp.saturating_add(state.config.jwt.leeway_secs));
     }
 }
 
@@ -280,69 +388,6 @@ fn until_unix(at: u64) -> Duration {
         .unwrap_or(Duration::ZERO)
 }
 
-/// The expiry timer: sleeps until the earliest deadline, then closes every tunnel past its `exp`.
-async fn expire_tunnels(state: Arc<AppState>) {
-    let leeway = state.config.jwt.leeway_secs;
-    let expiries = &state.live.expiries;
-    loop {
-        let wait = expiries
-            .next()
-            .map_or(Duration::from_secs(3600), until_unix);
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = expiries.wake.notified() => continue,
-        }
-        let now = now_unix();
-        if expiries.take_due(now) {
-            close_expired(&state, now, leeway);
-        }
-    }
-}
-
-/// One pass over the registry: closes every tunnel whose `exp` + leeway is at or before `now`.
-pub fn close_expired(state: &AppState, now: u64, leeway: u64) -> usize {
-    close_tunnels(state, "token_expired", |t| {
-        t.exp.is_some_and(|exp| exp.saturating_add(leeway) <= now)
-    })
-}
-
-/// Every `live.recheck_secs`: one query for the users holding tunnels; closes the tunnels of those
-/// gone.
-async fn recheck_users(state: Arc<AppState>) {
-    let recheck = match Recheck::new(&state.config.users) {
-        Ok(r) => r,
-        Err(e) => {
-            warn!(error = %e, "cannot re-check users with open tunnels");
-            return;
-        }
-    };
-    let mut tick = tokio::time::interval(Duration::from_secs(state.config.live.recheck_secs));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        let holders: HashSet<i64> = state.tunnels.snapshot().iter().map(|t| t.user_id).collect();
-        if holders.is_empty() {
-            continue;
-        }
-        let ids: Vec<i64> = holders.iter().copied().collect();
-        let present = match recheck.present(&ids).await {
-            Ok(p) => p,
-            Err(e) => {
-                warn!(error = %e, "re-check of users with open tunnels failed; none closed");
-                continue;
-            }
-        };
-        let gone: HashSet<i64> = removed(&holders, &present).into_iter().collect();
-        for id in &gone {
-            state.users.forget(*id).await;
-        }
-        if !gone.is_empty() {
-            close_tunnels(&state, "user_removed", |t| gone.contains(&t.user_id));
-        }
-    }
-}
-
 fn create_sqlite_dir(url: &str) -> Result<(), StoreError> {
     match sqlite_dir(url) {
         Some(dir) => std::fs::create_dir_all(&dir)
@@ -364,136 +409,6 @@ fn sqlite_dir(url: &str) -> Option<PathBuf> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .map(PathBuf::from)
-}
-
-/// The background service: store loading, notifications, catch-up poll, purge, JWKS refresh,
-/// SIGHUP key reload.
-pub struct LiveService {
-    state: Arc<AppState>,
-    config_path: Option<PathBuf>,
-}
-
-impl LiveService {
-    pub fn new(state: Arc<AppState>, config_path: Option<PathBuf>) -> LiveService {
-        LiveService { state, config_path }
-    }
-
-    /// Opens and reads the store, retrying until it answers.
-    async fn load(&self, shutdown: &mut ShutdownWatch) -> bool {
-        loop {
-            match self.state.live.reload(&self.state).await {
-                Ok(()) => {
-                    self.state.health.set_state_store(true);
-                    return true;
-                }
-                Err(e) => {
-                    self.state.health.set_state_store(false);
-                    warn!(error = %e, "state store unavailable; handshakes get 503 until it answers");
-                }
-            }
-            tokio::select! {
-                _ = shutdown.changed() => return false,
-                _ = tokio::time::sleep(RETRY) => {}
-            }
-        }
-    }
-
-    async fn poll_once(&self) {
-        let live = &self.state.live;
-        match live.reload(&self.state).await {
-            Ok(()) => self.state.health.set_state_store(true),
-            Err(e) => {
-                self.state.health.set_state_store(false);
-                warn!(error = %e, "state store poll failed");
-                return;
-            }
-        }
-        let leeway = self.state.config.jwt.leeway_secs as i64;
-        if let Ok(store) = live.store().await {
-            if let Err(e) = store.purge(now_unix() as i64 - leeway).await {
-                warn!(error = %e, "purging expired revocations failed");
-            }
-        }
-    }
-
-    /// Reloads the static keys from the configuration file (SIGHUP).
-    fn reload_keys(&self) {
-        let env = |name: &str| std::env::var(name).ok();
-        let result = crate::server::load_config(self.config_path.clone(), &env)
-            .and_then(|config| self.state.jwt.reload(&config.jwt));
-        match result {
-            Ok(()) => info!("SIGHUP: keys reloaded"),
-            Err(e) => warn!(error = %e, "SIGHUP: keys not reloaded, the old ones stay"),
-        }
-    }
-}
-
-/// Re-reads the store on every notification (PostgreSQL). Returns when the connection is lost.
-async fn follow_notifications(state: &AppState) -> Result<(), StoreError> {
-    let Some(mut listener) = state.live.store().await?.listen().await? else {
-        return std::future::pending().await;
-    };
-    info!("listening for revocations");
-    // What was announced while this connection was away is read now.
-    state.live.reload(state).await?;
-    loop {
-        listener
-            .recv()
-            .await
-            .map_err(|e| StoreError(e.to_string()))?;
-        if let Err(e) = state.live.reload(state).await {
-            warn!(error = %e, "reload after a notification failed");
-        }
-    }
-}
-
-#[async_trait]
-impl BackgroundService for LiveService {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut hangup = match signal(SignalKind::hangup()) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                warn!(error = %e, "cannot handle SIGHUP; keys reload needs a restart");
-                None
-            }
-        };
-        if !self.load(&mut shutdown).await {
-            return;
-        }
-        let tasks = [
-            tokio::spawn(expire_tunnels(self.state.clone())),
-            tokio::spawn(recheck_users(self.state.clone())),
-        ];
-        let state = self.state.clone();
-        let notifications = tokio::spawn(async move {
-            loop {
-                if let Err(e) = follow_notifications(&state).await {
-                    warn!(error = %e, "revocation notifications lost; polling until reconnected");
-                }
-                tokio::time::sleep(RETRY).await;
-            }
-        });
-        let mut poll = tokio::time::interval(Duration::from_secs(self.state.config.live.poll_secs));
-        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        poll.tick().await;
-        let mut jwks_at = tokio::time::Instant::now();
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => break,
-                _ = poll.tick() => self.poll_once().await,
-                _ = tokio::time::sleep_until(jwks_at), if self.state.jwt.jwks().is_some() => {
-                    if let Some(jwks) = self.state.jwt.jwks() {
-                        jwks_at = tokio::time::Instant::now() + jwks.refresh_if_stale().await;
-                    }
-                }
-                Some(()) = async { hangup.as_mut()?.recv().await } => self.reload_keys(),
-            }
-        }
-        notifications.abort();
-        for t in tasks {
-            t.abort();
-        }
-    }
 }
 
 #[cfg(test)]
@@ -534,7 +449,7 @@ mod tests {
 
     #[tokio::test]
     async fn one_pass_closes_the_expired_among_ten_thousand_tunnels() {
-        let state = AppState::for_tests();
+        let state = crate::server::state::AppState::for_tests();
         let mut leases = Vec::new();
         for i in 0..10_000u64 {
             leases.push(state.tunnels.open(TunnelInfo {
@@ -550,11 +465,11 @@ mod tests {
                 opened_at: 0,
             }));
         }
-        assert_eq!(close_expired(&state, 999, 0), 0);
-        assert_eq!(close_expired(&state, 1_000, 0), 3_334);
+        assert_eq!(state.live.close_expired(999, 0), 0);
+        assert_eq!(state.live.close_expired(1_000, 0), 3_334);
         // Already asked ones are not asked again; the leeway delays the rest.
-        assert_eq!(close_expired(&state, 1_500, 600), 0);
-        assert_eq!(close_expired(&state, 2_000, 0), 3_333);
+        assert_eq!(state.live.close_expired(1_500, 600), 0);
+        assert_eq!(state.live.close_expired(2_000, 0), 3_333);
         let closed = leases.iter_mut().filter_map(|l| l.try_closed()).count();
         assert_eq!(closed, 6_667);
         assert_eq!(

@@ -25,7 +25,6 @@ use pingora::apps::{HttpPersistentSettings, HttpServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
-use shared::error_body::ErrorBody;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
@@ -35,6 +34,7 @@ use crate::accept::admission::{Admission, Refusal};
 use crate::accept::client_socket::ClientSocket;
 use crate::accept::door::{self, Door};
 use crate::accept::head::{HeadIndex, RequestHead};
+use crate::decide::answers::raw_answer;
 use crate::decide::reject::Reject;
 use crate::decide::Edge;
 use crate::forward::lean::Forwarder;
@@ -224,27 +224,12 @@ async fn read_with_pingora(stream: ClientSocket, bytes: BytesMut) -> Option<Serv
     }
 }
 
-/// A JSON answer written straight to the socket, then the connection closes.
-async fn answer_and_close<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: &mut S,
-    status: u16,
-    reason: &str,
-    error: &str,
-    message: &str,
-    retry_after: bool,
-) {
-    let body = ErrorBody::new(error, message).to_json();
-    let mut out = format!(
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\ncache-control: no-store\r\nconnection: close\r\n",
-        body.len()
-    );
-    if retry_after {
-        out.push_str("retry-after: 5\r\n");
-    }
-    out.push_str("\r\n");
+/// The edge's JSON answer ([`raw_answer`]) written straight to the socket, then the connection
+/// closes.
+async fn answer_and_close<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, reject: Reject) {
+    let out = raw_answer(reject);
     let _ = timeout(REFUSAL_WRITE, async {
-        stream.write_all(out.as_bytes()).await?;
-        stream.write_all(&body).await?;
+        stream.write_all(&out).await?;
         stream.flush().await?;
         stream.shutdown().await?;
         // Lingering close: read what the client still sends, so closing with unread bytes does
@@ -279,27 +264,11 @@ impl EdgeApp {
                 m.connections_refused
                     .with_label_values(&[refusal.label()])
                     .inc();
-                let (status, reason, message) = match refusal {
-                    Refusal::PerIp => (
-                        429,
-                        "Too Many Requests",
-                        "Too many open connections from this address.",
-                    ),
-                    Refusal::Total => (
-                        503,
-                        "Service Unavailable",
-                        "The proxy is at its connection limit; retry shortly.",
-                    ),
+                let reject = match refusal {
+                    Refusal::PerIp => Reject::ConnectionsPerIp,
+                    Refusal::Total => Reject::ConnectionsTotal,
                 };
-                Box::pin(answer_and_close(
-                    &mut stream,
-                    status,
-                    reason,
-                    "too_many_connections",
-                    message,
-                    true,
-                ))
-                .await;
+                Box::pin(answer_and_close(&mut stream, reject)).await;
                 return;
             }
         };
@@ -333,44 +302,20 @@ impl EdgeApp {
                 Head::Unparsed => {
                     self.doors[Door::Refuse.index()].inc();
                     let r = Reject::Malformed;
-                    Box::pin(answer_and_close(
-                        &mut stream,
-                        r.status(),
-                        "Bad Request",
-                        r.code(),
-                        r.message(),
-                        false,
-                    ))
-                    .await;
+                    Box::pin(answer_and_close(&mut stream, r)).await;
                     return;
                 }
                 Head::Closed => return,
                 Head::TimedOut { started } => {
                     m.header_timeouts.inc();
                     if started {
-                        Box::pin(answer_and_close(
-                            &mut stream,
-                            408,
-                            "Request Timeout",
-                            "request_timeout",
-                            "The request head was not received in time.",
-                            false,
-                        ))
-                        .await;
+                        Box::pin(answer_and_close(&mut stream, Reject::HeadTimeout)).await;
                     }
                     debug!(started, "request head timed out");
                     return;
                 }
                 Head::TooLarge => {
-                    Box::pin(answer_and_close(
-                        &mut stream,
-                        431,
-                        "Request Header Fields Too Large",
-                        "bad_request",
-                        "The request head is too large.",
-                        false,
-                    ))
-                    .await;
+                    Box::pin(answer_and_close(&mut stream, Reject::HeadTooLarge)).await;
                     return;
                 }
             };

@@ -10,6 +10,7 @@
 
 pub(crate) mod connection;
 pub(crate) mod listener;
+pub(crate) mod live_service;
 pub mod logging;
 pub(crate) mod state;
 
@@ -30,9 +31,9 @@ use crate::admin::{AdminApp, ReadinessProbe};
 use crate::config::{Config, ConfigError};
 use crate::decide::Edge;
 use crate::live::tunnels::CloseRequest;
-use crate::live::LiveService;
 use crate::server::connection::EdgeApp;
 use crate::server::listener::EdgeListener;
+use crate::server::live_service::LiveService;
 use crate::server::state::AppState;
 
 /// Reads the configuration (the file, then the environment; [`Config::load`]) and checks it

@@ -22,7 +22,7 @@ pub struct AppState {
     pub config: Config,
     pub routes: Routes,
     pub jwt: JwtVerifier,
-    pub users: Users,
+    pub users: Arc<Users>,
     pub throttle: Throttle,
     pub signer: Signer,
     pub metrics: Arc<Metrics>,
@@ -57,10 +57,13 @@ impl AppState {
 
     pub fn new(config: Config) -> Result<AppState, ConfigError> {
         let metrics = Arc::new(Metrics::new());
+        let users = Arc::new(Users::new(&config.users, metrics.clone()));
+        let tunnels = Tunnels::new();
         Ok(AppState {
             routes: Routes::from_config(&config),
             jwt: JwtVerifier::new(&config.jwt)?,
-            users: Users::new(&config.users, metrics.clone()),
+            live: Live::new(&config, tunnels.clone(), users.clone(), metrics.clone()),
+            users,
             throttle: Throttle::new(config.throttle.failures_per_minute),
             signer: Signer::new(config.identity.secret.as_bytes()),
             trusted: config.trusted_networks(),
@@ -69,8 +72,7 @@ impl AppState {
                 problem: "not an address".into(),
             })?,
             health: Health::default(),
-            tunnels: Tunnels::new(),
-            live: Live::new(&config),
+            tunnels,
             cors: Origins::new(&config.cors.allowed_origins),
             ws_origins: Origins::new(&config.ws.allowed_origins),
             recent: Recent::default(),

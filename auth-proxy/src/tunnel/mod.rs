@@ -36,6 +36,7 @@ use crate::clock::now_unix;
 use crate::config::RejectWith;
 use crate::decide::answers::{answer_then_close, insert_cors, respond_json};
 use crate::decide::edits::apply_edits;
+use crate::decide::headers;
 use crate::decide::reject::Reject;
 use crate::decide::{Edge, RequestCtx};
 use crate::forward::dial::CONNECT_TIMEOUT;
@@ -89,7 +90,7 @@ impl Client {
                         .then(|| std::str::from_utf8(v).ok())
                         .flatten()
                 }));
-                let mut drop: Vec<&str> = UPGRADE_HOP_BY_HOP.to_vec();
+                let mut drop: Vec<&str> = headers::HOP_BY_HOP.to_vec();
                 drop.extend(nominated.iter().map(String::as_str));
                 if !edge.config().websocket.allow_extensions {
                     drop.push(EXTENSION_HEADER);
@@ -143,28 +144,12 @@ impl Client {
     }
 }
 
-/// Headers hop-by-hop for a WebSocket handshake (RFC 9110 section 7.6.1, plus `Upgrade`, which
-/// the edge sets itself).
-const UPGRADE_HOP_BY_HOP: [&str; 10] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "http2-settings",
-];
-
 /// Header names a request's `Connection` values nominate as hop-by-hop (lower case), except
 /// `Host`, `Upgrade` and `Connection` themselves.
 fn nominated<'a>(values: impl Iterator<Item = &'a str>) -> Vec<String> {
-    values
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty() && !matches!(t.as_str(), "host" | "upgrade" | "connection"))
+    headers::connection_tokens(values)
+        .map(str::to_ascii_lowercase)
+        .filter(|t| !matches!(t.as_str(), "host" | "upgrade" | "connection"))
         .collect()
 }
 
@@ -475,7 +460,7 @@ async fn run(state: Arc<AppState>, e: Box<Established>, ticket: Ticket) {
         request_id: ctx.request_id.clone(),
         opened_at: now_unix(),
     });
-    crate::live::tunnel_opened(state, lease.info());
+    state.live.tunnel_opened(lease.info());
     if state.health.is_draining() {
         state.tunnels.close_where(
             |i| i.request_id == ctx.request_id,
@@ -533,7 +518,7 @@ async fn run(state: Arc<AppState>, e: Box<Established>, ticket: Ticket) {
 pub fn strip_hop_by_hop(req: &mut RequestHeader) {
     let connection = req.headers.get_all("connection");
     let named = nominated(connection.iter().filter_map(|v| v.to_str().ok()));
-    for name in named.iter().map(String::as_str).chain(UPGRADE_HOP_BY_HOP) {
+    for name in named.iter().map(String::as_str).chain(headers::HOP_BY_HOP) {
         req.remove_header(name);
     }
 }
