@@ -478,8 +478,8 @@ async fn bearer_header_works_for_http_and_non_upgrades_of_ws_are_refused() {
 #[tokio::test(flavor = "multi_thread")]
 async fn database_down_is_503_never_401() {
     let upstream = Upstream::start().await;
-    let closed = free_port();
-    let url = format!("postgres://postgres@127.0.0.1:{closed}/nothing");
+    let closed = test_support::Port::new();
+    let url = format!("postgres://postgres@127.0.0.1:{}/nothing", closed.port);
     let proxy = Proxy::start(
         ProxyOptions::new(&url, upstream.port)
             .toml("[users]\nquery_timeout_ms = 500\n")
@@ -506,7 +506,8 @@ async fn database_down_is_503_never_401() {
 #[tokio::test(flavor = "multi_thread")]
 async fn upstream_down_is_502_json() {
     let (_dir, url) = sqlite_db().await;
-    let proxy = Proxy::start(ProxyOptions::new(&url, free_port()).no_wait()).await;
+    let agent = test_support::Port::new();
+    let proxy = Proxy::start(ProxyOptions::new(&url, agent.port).no_wait()).await;
     let token = news_nexus_token(TEST_JWT_SECRET, 1);
     let (status, body, headers) = ws_connect(&proxy.ws_url(&format!("/ws/c?token={token}")), &[])
         .await

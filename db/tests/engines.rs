@@ -170,10 +170,8 @@ async fn bad_urls_are_configuration_errors() {
 
 #[tokio::test]
 async fn an_unreachable_server_is_unavailable() {
-    let url = format!(
-        "postgres://postgres@127.0.0.1:{}/x",
-        test_support::free_port()
-    );
+    let closed = test_support::Port::new();
+    let url = format!("postgres://postgres@127.0.0.1:{}/x", closed.port);
     let pool = Pool::connect_lazy(
         &url,
         &Options::read_only("db-test").acquire_timeout(Duration::from_millis(500)),

@@ -11,4 +11,5 @@ pub mod client_id;
 pub mod error_body;
 pub mod frames;
 pub mod identity;
+pub mod listen;
 pub mod status_log;

@@ -38,6 +38,7 @@ use crate::decide::answers::raw_answer;
 use crate::decide::reject::Reject;
 use crate::decide::Edge;
 use crate::forward::lean::Forwarder;
+use crate::server::listener::Connections;
 use crate::server::state::AppState;
 use crate::tunnel::Client;
 
@@ -384,6 +385,17 @@ impl EdgeApp {
     /// When the listener has closed: pingora-proxy's own clean-up.
     pub async fn cleanup(&self) {
         self.proxy.http_cleanup().await;
+    }
+}
+
+#[async_trait::async_trait]
+impl Connections for EdgeApp {
+    async fn serve(self: Arc<Self>, socket: TcpStream, peer: SocketAddr, shutdown: ShutdownWatch) {
+        EdgeApp::serve(&self, socket, peer, &shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        EdgeApp::cleanup(self).await
     }
 }
 

@@ -1,11 +1,14 @@
-//! The edge's listener and accept loop, run as a pingora background service.
+//! The listeners and their accept loop, run as pingora background services: the edge's and the
+//! admin listener's.
 //!
 //! pingora's listening service would wrap every accepted socket in its own stream at once; the edge
 //! accepts itself so that a WebSocket tunnel can relay the socket as accepted
 //! ([`crate::accept::client_socket`]). pingora still runs the service: its runtime and worker threads, the
 //! shutdown watch (the loop stops accepting and drops the listener when the drain starts), and the
-//! grace period that follows. The socket is bound before pingora starts, so a taken address fails
-//! the start-up with a clear error.
+//! grace period that follows. The admin listener's connections go to pingora's HTTP server app as
+//! they are accepted. Both sockets exist before pingora starts: handed over by whoever started the
+//! process ([`shared::listen`], systemd socket activation, names `edge` and `admin`) or bound
+//! here, so a taken address fails the start-up with a clear error.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -13,13 +16,14 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
+use pingora::apps::ServerApp;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use socket2::{Domain, Protocol, Socket, Type};
-use tokio::net::TcpListener;
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
+use tokio::net::{TcpListener, TcpStream};
 use tracing::{error, info};
 
-use crate::server::connection::EdgeApp;
+use crate::accept::client_socket::pingora_stream;
 
 /// Pending connections the kernel queues (pingora's listener uses the same).
 const BACKLOG: i32 = 65535;
@@ -27,7 +31,22 @@ const BACKLOG: i32 = 65535;
 /// connections end; accepting again at once would spin).
 const OUT_OF_DESCRIPTORS_PAUSE: Duration = Duration::from_millis(100);
 
-/// Binds the edge's listening socket: address reuse (a restart does not wait for old
+/// The listening socket called `name`: the one handed over at start ([`shared::listen`]), or one
+/// bound to `addr` ([`bind`]).
+pub fn listen(name: &str, addr: &str) -> anyhow::Result<std::net::TcpListener> {
+    let inherited = shared::listen::take(name)
+        .with_context(|| format!("the {name} listener handed over at start"))?;
+    match inherited {
+        Some(listener) => {
+            listener.set_nonblocking(true)?;
+            delay_first_ack(&SockRef::from(&listener));
+            Ok(listener)
+        }
+        None => bind(addr),
+    }
+}
+
+/// Binds a listening socket: address reuse (a restart does not wait for old
 /// connections' `TIME_WAIT`), non-blocking, close-on-exec.
 pub fn bind(addr: &str) -> anyhow::Result<std::net::TcpListener> {
     let addr: SocketAddr = addr
@@ -45,7 +64,7 @@ pub fn bind(addr: &str) -> anyhow::Result<std::net::TcpListener> {
         .bind(&addr.into())
         .with_context(|| format!("cannot listen on {addr}"))?;
     socket.listen(BACKLOG)?;
-    delay_first_ack(&socket);
+    delay_first_ack(&SockRef::from(&socket));
     Ok(socket.into())
 }
 
@@ -54,7 +73,7 @@ pub fn bind(addr: &str) -> anyhow::Result<std::net::TcpListener> {
 /// of its own: one packet fewer per handshake. The kernel itself moves a connection that answers
 /// promptly to delayed acknowledgements, so this changes only how a connection's first request is
 /// acknowledged. An optimisation: a kernel that refuses it changes nothing else.
-fn delay_first_ack(socket: &Socket) {
+fn delay_first_ack(socket: &SockRef<'_>) {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     if let Err(e) = socket.set_tcp_quickack(false) {
         tracing::debug!(error = %e, "delayed acknowledgements not set on the listener");
@@ -63,34 +82,60 @@ fn delay_first_ack(socket: &Socket) {
     let _ = socket;
 }
 
-/// The accept loop of the edge listener.
-pub struct EdgeListener {
-    app: Arc<EdgeApp>,
+/// What a listener does with the connections it accepts.
+#[async_trait]
+pub trait Connections: Send + Sync + 'static {
+    /// Serves one accepted connection to its end.
+    async fn serve(self: Arc<Self>, socket: TcpStream, peer: SocketAddr, shutdown: ShutdownWatch);
+
+    /// After the listener has closed.
+    async fn cleanup(&self) {}
+}
+
+/// The admin listener's connections, served by pingora's HTTP server app (keep-alive included).
+pub struct HttpConnections<A>(pub Arc<A>);
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> Connections for HttpConnections<A> {
+    async fn serve(self: Arc<Self>, socket: TcpStream, peer: SocketAddr, shutdown: ShutdownWatch) {
+        let mut stream = pingora_stream(socket, peer);
+        while let Some(reused) = self.0.process_new(stream, &shutdown).await {
+            stream = reused;
+        }
+    }
+}
+
+/// The accept loop of one listener.
+pub struct Listener<C> {
+    /// `edge` or `admin`, for the log.
+    name: &'static str,
+    connections: Arc<C>,
     /// Taken by the service when it starts.
     listener: Mutex<Option<std::net::TcpListener>>,
 }
 
-impl EdgeListener {
-    pub fn new(app: EdgeApp, listener: std::net::TcpListener) -> EdgeListener {
-        EdgeListener {
-            app: Arc::new(app),
+impl<C: Connections> Listener<C> {
+    pub fn new(name: &'static str, connections: C, listener: std::net::TcpListener) -> Listener<C> {
+        Listener {
+            name,
+            connections: Arc::new(connections),
             listener: Mutex::new(Some(listener)),
         }
     }
 }
 
 #[async_trait]
-impl BackgroundService for EdgeListener {
+impl<C: Connections> BackgroundService for Listener<C> {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let taken = self.listener.lock().map(|mut l| l.take());
         let Some(listener) = taken.ok().flatten() else {
-            error!("the edge listener was started twice");
+            error!(listener = self.name, "a listener was started twice");
             return;
         };
         let listener = match TcpListener::from_std(listener) {
             Ok(l) => l,
             Err(e) => {
-                error!(error = %e, "cannot register the edge listener");
+                error!(listener = self.name, error = %e, "cannot register the listener");
                 return;
             }
         };
@@ -108,16 +153,15 @@ impl BackgroundService for EdgeListener {
             match accepted {
                 Ok((socket, peer)) => {
                     let _ = socket.set_nodelay(true);
-                    let app = self.app.clone();
-                    let shutdown = shutdown.clone();
-                    tokio::spawn(async move { app.serve(socket, peer, &shutdown).await });
+                    let connections = self.connections.clone();
+                    tokio::spawn(connections.serve(socket, peer, shutdown.clone()));
                 }
                 Err(e) => accept_failed(e).await,
             }
         }
-        info!("edge listener closed");
+        info!("{} listener closed", self.name);
         drop(listener);
-        self.app.cleanup().await;
+        self.connections.cleanup().await;
     }
 }
 

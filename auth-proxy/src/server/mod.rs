@@ -23,7 +23,6 @@ use pingora::apps::http_app::HttpServer;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::background::background_service;
-use pingora::services::listening::Service;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::info;
 
@@ -32,7 +31,7 @@ use crate::config::{Config, ConfigError};
 use crate::decide::Edge;
 use crate::live::tunnels::CloseRequest;
 use crate::server::connection::EdgeApp;
-use crate::server::listener::EdgeListener;
+use crate::server::listener::{listen, HttpConnections, Listener};
 use crate::server::live_service::LiveService;
 use crate::server::state::AppState;
 
@@ -80,15 +79,16 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     server.bootstrap();
 
     let proxy = pingora::proxy::http_proxy(&server.configuration, Edge::new(state.clone()));
-    let listener = crate::server::listener::bind(&c.listen)?;
+    let listener = listen("edge", &c.listen)?;
+    let admin_listener = listen("admin", &c.admin_listen)?;
     let app = EdgeApp::new(state.clone(), proxy);
-    let mut edge = background_service("auth-proxy", EdgeListener::new(app, listener));
+    let mut edge = background_service("auth-proxy", Listener::new("edge", app, listener));
     edge.threads = Some(c.threads);
-    let mut admin = Service::new(
-        "auth-proxy admin".to_string(),
-        HttpServer::new_app(AdminApp::new(state.clone())),
+    let admin_app = Arc::new(HttpServer::new_app(AdminApp::new(state.clone())));
+    let mut admin = background_service(
+        "auth-proxy admin",
+        Listener::new("admin", HttpConnections(admin_app), admin_listener),
     );
-    admin.add_tcp(&c.admin_listen);
     admin.threads = Some(1);
     let mut probe = background_service("readiness", ReadinessProbe::new(state.clone()));
     probe.threads = Some(1);

@@ -20,8 +20,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 #[allow(unused_imports)]
 pub use test_support::{
-    free_port, free_ports, news_nexus_token, token_with_claims, TEST_IDENTITY_SECRET,
-    TEST_JWT_SECRET,
+    news_nexus_token, token_with_claims, TEST_IDENTITY_SECRET, TEST_JWT_SECRET,
 };
 
 pub const STEP: Duration = Duration::from_secs(15);
@@ -138,6 +137,8 @@ pub struct Proxy {
     pub port: u16,
     pub admin_port: u16,
     pub log: PathBuf,
+    /// The edge and admin ports, held by the test (the process gets listeners on them).
+    _ports: [test_support::Port; 2],
     _dir: tempfile::TempDir,
 }
 
@@ -178,7 +179,9 @@ impl Proxy {
         std::fs::write(&config, &opts.toml).unwrap();
         let log = dir.path().join("proxy.log");
         let out = std::fs::File::create(&log).unwrap();
-        let [port, admin_port] = free_ports();
+        let ports = [test_support::Port::new(), test_support::Port::new()];
+        let (port, admin_port) = (ports[0].port, ports[1].port);
+        let (edge, admin) = (ports[0].listener(), ports[1].listener());
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_auth-proxy"));
         cmd.env_clear()
             .arg("--config")
@@ -199,12 +202,16 @@ impl Proxy {
         for (k, v) in &opts.env {
             cmd.env(k, v);
         }
+        test_support::hand_over(&mut cmd, &[("edge", &edge), ("admin", &admin)]);
         let child = cmd.spawn().expect("spawn auth-proxy");
+        // The process holds the listeners now: they close when it does.
+        drop((edge, admin));
         let mut proxy = Proxy {
             child,
             port,
             admin_port,
             log,
+            _ports: ports,
             _dir: dir,
         };
         let path = if opts.wait_ready {

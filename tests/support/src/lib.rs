@@ -14,8 +14,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use sqlx::{Connection, Executor};
 
+pub mod listeners;
 pub mod nats;
 pub mod ws;
+
+pub use listeners::{hand_over, Port};
 
 /// The fixture as SQLite statements (the shapes NewsNexus10 uses): agent-service's demo data.
 pub const FIXTURE_SQLITE: &str = include_str!("../../../agent-service/demo/newsnexus-sqlite.sql");

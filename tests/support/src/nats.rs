@@ -1,6 +1,7 @@
 //! NATS for tests. [`nats_url`] is the machine's server (`TEST_NATS_URL`, default
 //! `nats://127.0.0.1:4222`, JetStream on); [`NatsServer`] starts a private `nats-server` process
-//! with JetStream on a free port, for tests that stop it mid-test (never the machine's server).
+//! with JetStream on a port it picks itself (`-p -1`) and reports in its ports file
+//! (`--ports_file_dir`), for tests that stop it mid-test (never the machine's server).
 //! When NATS is missing the test is skipped with a loud message, unless `REQUIRE_NATS=1` (CI sets
 //! it), in which case it fails.
 
@@ -8,8 +9,6 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-use crate::free_port;
 
 /// True when `REQUIRE_NATS` asks for NATS tests to fail rather than skip.
 pub fn nats_required() -> bool {
@@ -63,7 +62,6 @@ fn nats_server_binary() -> Option<PathBuf> {
 pub struct NatsServer {
     pub port: u16,
     child: Option<Child>,
-    store: PathBuf,
 }
 
 impl NatsServer {
@@ -76,42 +74,47 @@ impl NatsServer {
             );
             return None;
         };
-        let mut server = NatsServer {
-            port: free_port(),
-            child: None,
-            store: dir.join("nats-js"),
-        };
-        server.child = Some(server.spawn(&bin));
-        Some(server)
-    }
-
-    fn spawn(&self, bin: &Path) -> Child {
-        let mut child = Command::new(bin)
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(&self.store)
+        let ports_dir = dir.join("nats-ports");
+        std::fs::create_dir_all(&ports_dir).expect("create the ports file directory");
+        let store = dir.join("nats-js");
+        let mut child = Command::new(&bin)
+            .args(["-a", "127.0.0.1", "-p", "-1", "-js", "-sd"])
+            .arg(&store)
+            .arg("--ports_file_dir")
+            .arg(&ports_dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn nats-server");
+        let ports_file = ports_dir.join(format!(
+            "{}_{}.ports",
+            bin.file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("nats-server"),
+            child.id()
+        ));
+        // The server writes the file once it listens; polled with a deadline.
         let deadline = Instant::now() + Duration::from_secs(15);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        let port = loop {
+            if let Some(port) = client_port(&ports_file) {
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    break port;
+                }
+            }
             if let Ok(Some(status)) = child.try_wait() {
                 panic!("nats-server exited with {status} before listening");
             }
             assert!(
                 Instant::now() < deadline,
-                "nats-server not listening in 15 s"
+                "nats-server not listening in 15 s (no ports file {})",
+                ports_file.display()
             );
             std::thread::sleep(Duration::from_millis(20));
-        }
-        child
+        };
+        Some(NatsServer {
+            port,
+            child: Some(child),
+        })
     }
 
     pub fn url(&self) -> String {
@@ -130,5 +133,34 @@ impl NatsServer {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// The client port in a `nats-server` ports file (`{"nats": ["nats://127.0.0.1:PORT"], ...}`),
+/// once it is written whole.
+fn client_port(file: &Path) -> Option<u16> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let url = json["nats"].as_array()?.first()?.as_str()?;
+    url.rsplit(':').next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ports_file_gives_the_client_port() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("nats-server_1.ports");
+        assert_eq!(client_port(&file), None);
+        std::fs::write(
+            &file,
+            r#"{"nats":["nats://127.0.0.1:43117"],"monitoring":[]}"#,
+        )
+        .unwrap();
+        assert_eq!(client_port(&file), Some(43117));
+        std::fs::write(&file, r#"{"nats":["#).unwrap();
+        assert_eq!(client_port(&file), None, "a file being written");
     }
 }
