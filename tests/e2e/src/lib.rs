@@ -11,7 +11,8 @@ use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use test_support::{
-    free_ports, news_nexus_token, sqlite_fixture, sqlite_url, TEST_IDENTITY_SECRET, TEST_JWT_SECRET,
+    hand_over, news_nexus_token, sqlite_fixture, sqlite_url, Port, TEST_IDENTITY_SECRET,
+    TEST_JWT_SECRET,
 };
 
 /// How long a process gets to become ready.
@@ -122,6 +123,9 @@ pub struct Stack {
     pub agent_port: u16,
     pub proxy_port: u16,
     pub admin_port: u16,
+    /// The agent's, the edge's and the admin ports, held for the stack's life: each (re)started
+    /// process gets a listener on its port, so a port is never released between two starts.
+    ports: [Port; 3],
     pub http: reqwest::Client,
     /// Extra agent environment (store, bus, provider settings of a scale-out test).
     pub agent_env: Vec<(String, String)>,
@@ -165,7 +169,8 @@ impl Stack {
             .timeout(Duration::from_secs(10))
             .build()
             .expect("http client");
-        let [agent_port, proxy_port, admin_port] = free_ports();
+        let ports = [Port::new(), Port::new(), Port::new()];
+        let [agent_port, proxy_port, admin_port] = [0, 1, 2].map(|i| ports[i].port);
         Stack {
             db_url: sqlite_url(&db),
             dir,
@@ -174,6 +179,7 @@ impl Stack {
             agent_port,
             proxy_port,
             admin_port,
+            ports,
             http,
             agent_env,
             proxy_toml: String::new(),
@@ -202,6 +208,8 @@ impl Stack {
             .env("AGENT_DATA_DIR", &data)
             .env("RUST_LOG", "info");
         cmd.envs(self.agent_env.iter().map(|(k, v)| (k, v)));
+        let listener = self.ports[0].listener();
+        hand_over(&mut cmd, &[("agent", &listener)]);
         self.agent = Some(Proc::spawn(&mut cmd, log));
     }
 
@@ -244,7 +252,10 @@ impl Stack {
             )
             .env("AUTH_PROXY_DATA_DIR", self.dir.path().join("edge-data"))
             .env("RUST_LOG", "info");
+        let (edge, admin) = (self.ports[1].listener(), self.ports[2].listener());
+        hand_over(&mut cmd, &[("edge", &edge), ("admin", &admin)]);
         self.proxy = Some(Proc::spawn(&mut cmd, self.dir.path().join("proxy.log")));
+        drop((edge, admin));
         let url = format!("http://127.0.0.1:{}/readyz", self.admin_port);
         wait_ready(&self.http, &url, self.proxy.as_mut().expect("proxy")).await;
     }
