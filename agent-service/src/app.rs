@@ -37,7 +37,7 @@ impl AppState {
     pub async fn new(config: Config) -> anyhow::Result<AppState> {
         let db =
             NewsDb::open(&config.database_url).map_err(|e| anyhow::anyhow!("DATABASE_URL: {e}"))?;
-        let sql = SqlRunner::open(&config.database_url, config.sql.clone())
+        let sql = SqlRunner::open(&config.database_url, &config.sql)
             .map_err(|e| anyhow::anyhow!("DATABASE_URL: {e}"))?;
         if let Some(dir) = config.store_dir() {
             std::fs::create_dir_all(&dir)
