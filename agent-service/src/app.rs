@@ -6,16 +6,16 @@ use axum::routing::get;
 use axum::Router;
 use shared::identity::Verifier;
 
-use crate::bus::Bus;
+use crate::chat::bus::Bus;
+use crate::chat::drain::Drain;
+use crate::chat::hub::Hub;
+use crate::chat::store::Store;
 use crate::config::Config;
-use crate::drain::Drain;
-use crate::hub::Hub;
 use crate::identity;
+use crate::identity::replay::ReplayGuard;
 use crate::metrics::Metrics;
+use crate::newsnexus::sql_exec::SqlRunner;
 use crate::newsnexus::NewsDb;
-use crate::replay::ReplayGuard;
-use crate::sql_exec::SqlRunner;
-use crate::store::Store;
 use crate::{http, sessions_api, usage_api, ws};
 
 pub struct AppState {

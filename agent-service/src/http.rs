@@ -10,9 +10,9 @@ use axum::Json;
 use serde_json::{json, Map, Value};
 use shared::error_body::ErrorBody;
 
+use crate::agent::tools::TOOL_NAMES;
 use crate::app::AppState;
 use crate::llm::PROVIDER_INFO;
-use crate::tools::TOOL_NAMES;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 

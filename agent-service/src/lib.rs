@@ -6,26 +6,18 @@
 
 pub mod agent;
 pub mod app;
-pub mod bus;
-pub mod chat_client;
+pub mod chat;
+pub mod cli;
 pub mod config;
-pub mod demo_db;
-pub mod drain;
 pub mod http;
-pub mod hub;
 pub mod identity;
 pub mod llm;
 pub mod logs;
 pub mod metrics;
 pub mod newsnexus;
-pub mod replay;
-pub mod session_page;
 pub mod sessions_api;
-pub mod sql_exec;
-pub mod sql_guard;
-pub mod status_log;
-pub mod store;
-pub mod tools;
-pub mod usage;
 pub mod usage_api;
 pub mod ws;
+
+pub use chat::{bus, hub};
+pub use newsnexus::{sql_exec, sql_guard};

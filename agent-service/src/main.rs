@@ -47,8 +47,8 @@ async fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         },
-        Command::Chat { url, messages } => agent_service::chat_client::run(&url, messages).await,
-        Command::DemoDb { path } => agent_service::demo_db::create(&path).await,
+        Command::Chat { url, messages } => agent_service::cli::chat::run(&url, messages).await,
+        Command::DemoDb { path } => agent_service::newsnexus::demo_db::create(&path).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,4 +1,4 @@
-//! REST for chat sessions, behind the proxy's identity: list (in pages, see [`crate::session_page`]),
+//! REST for chat sessions, behind the proxy's identity: list (in pages, see [`crate::chat::session_page`]),
 //! create (past the per-user cap the least recently updated sessions are evicted), read (with
 //! messages), delete. Another user's session answers exactly like a missing one: 404 `not_found`.
 
@@ -16,8 +16,8 @@ use shared::frames::ServerFrame;
 use shared::identity::Identity;
 
 use crate::app::AppState;
-use crate::session_page::page_request;
-use crate::store::StoreError;
+use crate::chat::session_page::page_request;
+use crate::chat::store::StoreError;
 
 fn not_found() -> Response {
     (

@@ -15,7 +15,7 @@ use shared::error_body::ErrorBody;
 use shared::identity::Identity;
 
 use crate::app::AppState;
-use crate::usage::{self, Ledger};
+use crate::chat::usage::{self, Ledger};
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
     (status, Json(ErrorBody::new(code, message))).into_response()

@@ -25,12 +25,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::{self, AgentCtx, AgentError};
 use crate::app::AppState;
+use crate::chat::hub::{Out, Outbound};
+use crate::chat::status_log::Reporter;
+use crate::chat::usage::{Account, Ledger};
 use crate::config::PROVIDERS;
-use crate::hub::{Out, Outbound};
 use crate::llm::{Llm, Role};
 use crate::sessions_api::enforce_session_cap;
-use crate::status_log::Reporter;
-use crate::usage::{Account, Ledger};
 
 pub const CLOSE_INVALID_PROVIDER: u16 = 4000;
 pub const CLOSE_SLOW_CONSUMER: u16 = 1013;

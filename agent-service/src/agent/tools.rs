@@ -5,9 +5,9 @@
 use serde_json::{json, Map, Value};
 
 use crate::llm::ToolSpec;
+use crate::newsnexus::sql_exec::{SqlError, SqlRunner};
+use crate::newsnexus::sql_guard::SqlRefusal;
 use crate::newsnexus::{NewsDb, Rows};
-use crate::sql_exec::{SqlError, SqlRunner};
-use crate::sql_guard::SqlRefusal;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ToolError {

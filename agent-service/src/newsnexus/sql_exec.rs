@@ -37,8 +37,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{SqlPolicy, SQLITE_LENGTH_CEILING};
 pub use crate::config::{SqlSettings, DEFAULT_MAX_VALUE_BYTES};
+use crate::newsnexus::sql_guard::{self, Cut, Schema, SqlDialect, SqlRefusal};
 use crate::newsnexus::Rows;
-use crate::sql_guard::{self, Cut, Schema, SqlDialect, SqlRefusal};
 
 /// `SQLITE_LIMIT_LIKE_PATTERN_LENGTH`, in bytes: the guard's pattern limit in characters, at
 /// four bytes each.

@@ -14,9 +14,9 @@ use serde::Serialize;
 use serde_json::Value;
 use shared::status_log::Progress;
 
+use crate::chat::store::{Store, StoreError};
 use crate::config::ScaleConfig;
 use crate::metrics::Metrics;
-use crate::store::{Store, StoreError};
 use db::with_pool;
 
 /// Longest error text kept in the ledger.

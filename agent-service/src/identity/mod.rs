@@ -1,8 +1,10 @@
 //! Who is calling: identity comes only from auth-proxy, as `x-user-*` headers with an
 //! `x-identity-assertion` that must verify (HMAC with `IDENTITY_SECRET`, at most
 //! `AGENT_IDENTITY_MAX_AGE_SECS` old, bound to this request's method, path and query) and whose
-//! nonce was not seen before ([`crate::replay`]). Anything else is 401 with a JSON error (503 when
+//! nonce was not seen before ([`crate::identity::replay`]). Anything else is 401 with a JSON error (503 when
 //! the replay guard is full).
+
+pub mod replay;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -19,7 +21,7 @@ use shared::identity::{
 };
 
 use crate::app::AppState;
-use crate::replay::{ReplayGuard, ReplayRefusal};
+use crate::identity::replay::{ReplayGuard, ReplayRefusal};
 
 /// Paths served without identity: health, readiness, service info, and metrics (scraped inside the pod).
 pub fn is_public(path: &str) -> bool {

@@ -10,8 +10,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use db::with_pool;
 use serde::Serialize;
 
+use crate::chat::session_page::{Cursor, PageRequest};
 use crate::llm::{ChatMessage, Role};
-use crate::session_page::{Cursor, PageRequest};
 
 /// Longest generated or given title, in characters.
 pub const MAX_TITLE_CHARS: usize = 60;
