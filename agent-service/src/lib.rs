@@ -5,19 +5,20 @@
 //! over [`llm`] providers and [`tools`], and [`status_log`] streams every step to the client.
 
 pub mod agent;
-pub mod app;
+pub mod api;
 pub mod chat;
 pub mod cli;
 pub mod config;
-pub mod http;
 pub mod identity;
 pub mod llm;
 pub mod logs;
 pub mod metrics;
 pub mod newsnexus;
-pub mod sessions_api;
-pub mod usage_api;
+pub mod server;
+pub mod state;
 pub mod ws;
 
+pub use api::router;
 pub use chat::{bus, hub};
 pub use newsnexus::{sql_exec, sql_guard};
+pub use state::AppState;

@@ -40,7 +40,7 @@ async fn main() -> ExitCode {
         Command::Serve => match Config::from_env() {
             Ok(config) => {
                 agent_service::logs::init(config.log_format);
-                agent_service::app::serve(config).await
+                agent_service::server::serve(config).await
             }
             Err(e) => {
                 eprintln!("{e}");

@@ -24,13 +24,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::{self, AgentCtx, AgentError};
-use crate::app::AppState;
 use crate::chat::hub::{Out, Outbound};
 use crate::chat::status_log::Reporter;
+use crate::chat::store::enforce_session_cap;
 use crate::chat::usage::{Account, Ledger};
 use crate::config::PROVIDERS;
 use crate::llm::{Llm, Role};
-use crate::sessions_api::enforce_session_cap;
+use crate::state::AppState;
 
 pub const CLOSE_INVALID_PROVIDER: u16 = 4000;
 pub const CLOSE_SLOW_CONSUMER: u16 = 1013;
@@ -368,7 +368,8 @@ impl Chat {
             if created {
                 let user_id = self.user.user_id;
                 if store.ensure_session(user_id, &self.session.id).await? {
-                    enforce_session_cap(&self.state, user_id, &self.session.id).await;
+                    let cap = self.state.config.max_sessions_per_user;
+                    enforce_session_cap(store, cap, user_id, &self.session.id).await;
                 }
                 self.session.stored.store(true, Ordering::SeqCst);
             }

@@ -289,6 +289,28 @@ impl Store {
     }
 }
 
+/// Keeps the user within `AGENT_MAX_SESSIONS_PER_USER` after `created` was added: the least
+/// recently updated sessions beyond the cap are deleted. Returns how many were.
+pub async fn enforce_session_cap(store: &Store, cap: u64, user_id: i64, created: &str) -> u64 {
+    match store.evict_sessions_beyond(user_id, cap, created).await {
+        Ok(n) => {
+            if n > 0 {
+                tracing::info!(
+                    user_id,
+                    evicted = n,
+                    cap,
+                    "session cap reached: oldest sessions deleted"
+                );
+            }
+            n
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            0
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
