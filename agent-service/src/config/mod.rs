@@ -13,12 +13,11 @@ mod llm;
 mod scale;
 mod sql;
 
-pub use llm::{parse_allowed, Allowed, Policy, PROVIDERS};
+pub use llm::{parse_allowed, Policy, PROVIDERS};
 pub use scale::ScaleConfig;
-pub use sql::{
-    SqlPolicy, SqlSettings, DEFAULT_FUNCTIONS, DEFAULT_HIDDEN_COLUMNS, DEFAULT_MAX_COLUMNS,
-    DEFAULT_MAX_VALUE_BYTES, DEFAULT_TABLES, SQLITE_LENGTH_CEILING,
-};
+#[cfg(test)]
+pub use sql::DEFAULT_MAX_COLUMNS;
+pub use sql::{SqlPolicy, SqlSettings, DEFAULT_MAX_VALUE_BYTES, SQLITE_LENGTH_CEILING};
 
 #[derive(Debug, Clone)]
 pub struct Config {

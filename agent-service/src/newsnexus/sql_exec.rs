@@ -35,8 +35,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqlitePoolOptions};
 use sqlx::{Connection, Executor, PgPool, Row, SqlitePool};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::config::{SqlPolicy, SQLITE_LENGTH_CEILING};
-pub use crate::config::{SqlSettings, DEFAULT_MAX_VALUE_BYTES};
+use crate::config::{SqlPolicy, SqlSettings, SQLITE_LENGTH_CEILING};
 use crate::newsnexus::sql_guard::{self, Cut, Schema, SqlDialect, SqlRefusal};
 use crate::newsnexus::Rows;
 

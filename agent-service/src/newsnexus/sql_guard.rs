@@ -43,7 +43,7 @@ use sqlparser::ast::{
 use sqlparser::dialect::{Dialect, PostgreSqlDialect, SQLiteDialect};
 use sqlparser::parser::Parser;
 
-pub use crate::config::SqlPolicy;
+use crate::config::SqlPolicy;
 
 /// Longest query text accepted, in characters.
 pub const MAX_SQL_CHARS: usize = 4000;
