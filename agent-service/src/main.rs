@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use agent_service::config::Config;
+use agent_service::Config;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -39,16 +39,16 @@ async fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => match Config::from_env() {
             Ok(config) => {
-                agent_service::logs::init(config.log_format);
-                agent_service::app::serve(config).await
+                agent_service::init_logs(config.log_format);
+                agent_service::serve(config).await
             }
             Err(e) => {
                 eprintln!("{e}");
                 return ExitCode::from(2);
             }
         },
-        Command::Chat { url, messages } => agent_service::chat_client::run(&url, messages).await,
-        Command::DemoDb { path } => agent_service::demo_db::create(&path).await,
+        Command::Chat { url, messages } => agent_service::run_chat_client(&url, messages).await,
+        Command::DemoDb { path } => agent_service::create_demo_db(&path).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

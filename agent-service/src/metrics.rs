@@ -1,9 +1,15 @@
 //! The agent's Prometheus metrics. Labels are provider, agent, tool and outcome names only.
 
+use std::collections::HashSet;
+use std::sync::Mutex;
+
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
 };
+
+/// Distinct model names that become metric labels.
+const MAX_MODEL_LABELS: usize = 64;
 
 pub struct Metrics {
     registry: Registry,
@@ -23,7 +29,7 @@ pub struct Metrics {
     pub usage_tokens: IntCounterVec,
     pub quota_refusals: IntCounterVec,
     pub draining: IntGauge,
-    models: crate::usage::ModelLabels,
+    models: ModelLabels,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -163,7 +169,7 @@ impl Metrics {
                 &r,
                 IntGauge::new("agent_draining", "1 once SIGTERM started the drain").unwrap(),
             ),
-            models: crate::usage::ModelLabels::default(),
+            models: ModelLabels::default(),
             registry: r,
         };
         // Families a dashboard queries show up (at 0) before their first event.
@@ -192,5 +198,48 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// Model names as metric labels: at most [`MAX_MODEL_LABELS`] distinct well-formed names.
+#[derive(Default)]
+struct ModelLabels {
+    seen: Mutex<HashSet<String>>,
+}
+
+impl ModelLabels {
+    fn label(&self, model: &str) -> String {
+        let well_formed = !model.is_empty()
+            && model.len() <= 64
+            && model
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._:/-".contains(c));
+        if !well_formed {
+            return "other".into();
+        }
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.contains(model) || seen.len() < MAX_MODEL_LABELS {
+            seen.insert(model.to_string());
+            model.to_string()
+        } else {
+            "other".into()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_labels_are_bounded() {
+        let m = ModelLabels::default();
+        assert_eq!(m.label("gpt-4o-mini"), "gpt-4o-mini");
+        assert_eq!(m.label("bad model\n"), "other");
+        for i in 0..MAX_MODEL_LABELS {
+            m.label(&format!("m{i}"));
+        }
+        assert_eq!(m.label("one-too-many"), "other");
+        assert_eq!(m.label("gpt-4o-mini"), "gpt-4o-mini");
     }
 }

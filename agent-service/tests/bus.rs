@@ -5,10 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent_service::bus::Bus;
-use agent_service::config::ScaleConfig;
-use agent_service::hub::{Hub, Out, Outbound, Refusal};
-use agent_service::metrics::Metrics;
+use agent_service::{Bus, Hub, Metrics, Out, Outbound, Refusal, ScaleConfig};
 use shared::frames::ServerFrame;
 use test_support::nats::{nats_url, unique_namespace};
 use tokio::sync::mpsc;
@@ -137,7 +134,7 @@ async fn a_dead_replicas_leases_stop_counting_after_the_ttl() {
         .await
         .unwrap();
     kv.put(
-        agent_service::bus::lease_key(7, "dead-tab"),
+        agent_service::lease_key(7, "dead-tab"),
         "dead-replica/1".into(),
     )
     .await

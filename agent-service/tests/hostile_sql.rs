@@ -10,7 +10,7 @@ mod common;
 
 use std::path::Path;
 
-use agent_service::sql_exec::{self, Capper, SqlError, SqlSettings};
+use agent_service::custom_sql::{self, Capper, SqlError, SqlSettings};
 use axum::routing::post;
 use axum::{Json, Router};
 use common::*;
@@ -326,7 +326,7 @@ async fn the_database_walls_hold_without_the_guard() {
     let db = sqlite_fixture(dir.path(), "nn.db").await;
     let before = std::fs::read(&db).unwrap();
     let pool =
-        sql_exec::hardened_sqlite_pool(&sqlite_url(&db), 1, sql_exec::DEFAULT_MAX_VALUE_BYTES)
+        custom_sql::hardened_sqlite_pool(&sqlite_url(&db), 1, custom_sql::DEFAULT_MAX_VALUE_BYTES)
             .unwrap();
     let copy = dir.path().join("copy.db");
     for sql in [
@@ -345,7 +345,7 @@ async fn the_database_walls_hold_without_the_guard() {
         "PRAGMA query_only = 0; DELETE FROM Users".into(),
     ] {
         let r =
-            sql_exec::execute_sqlite(&pool, &sql, settings.timeout, Capper::new(&settings)).await;
+            custom_sql::execute_sqlite(&pool, &sql, settings.timeout, Capper::new(&settings)).await;
         assert!(matches!(r, Err(SqlError::Query(_))), "{sql}: {r:?}");
     }
     assert!(!copy.exists());
@@ -357,7 +357,7 @@ async fn the_database_walls_hold_without_the_guard() {
         return;
     };
     let before = pg_fingerprint(&pg.url).await;
-    let pool = sql_exec::hardened_pg_pool(&pg.url, 1, settings.timeout).unwrap();
+    let pool = custom_sql::hardened_pg_pool(&pg.url, 1, settings.timeout).unwrap();
     for sql in [
         r#"WITH u AS (UPDATE "Users" SET "isAdmin"=true WHERE "id"=2 RETURNING "id") SELECT * FROM u"#,
         r#"WITH d AS (DELETE FROM "ArticleApproveds" RETURNING 1) SELECT count(*) FROM d"#,
@@ -365,12 +365,12 @@ async fn the_database_walls_hold_without_the_guard() {
         r#"SELECT * INTO stolen FROM "Users""#,
         r#"COMMIT; UPDATE "Users" SET "isAdmin"=true"#,
     ] {
-        let r = sql_exec::execute_pg(&pool, sql, settings.timeout, Capper::new(&settings)).await;
+        let r = custom_sql::execute_pg(&pool, sql, settings.timeout, Capper::new(&settings)).await;
         assert!(matches!(r, Err(SqlError::Query(_))), "{sql}: {r:?}");
     }
     // A superuser may call lo_import even in a READ ONLY transaction; the rollback undoes it
     // (the fingerprint below counts large objects). The shipped role cannot call it at all.
-    let r = sql_exec::execute_pg(
+    let r = custom_sql::execute_pg(
         &pool,
         "SELECT lo_import('/etc/hostname')::text AS oid",
         settings.timeout,
@@ -379,7 +379,7 @@ async fn the_database_walls_hold_without_the_guard() {
     .await;
     assert!(r.is_ok(), "{r:?}");
     // Session settings changed by one query do not outlive its transaction.
-    let r = sql_exec::execute_pg(
+    let r = custom_sql::execute_pg(
         &pool,
         r#"SELECT "set_config"('default_transaction_read_only','off',false), set_config('statement_timeout','0',false)"#,
         settings.timeout,
@@ -387,7 +387,7 @@ async fn the_database_walls_hold_without_the_guard() {
     )
     .await;
     assert!(r.is_ok(), "{r:?}");
-    let r = sql_exec::execute_pg(
+    let r = custom_sql::execute_pg(
         &pool,
         "SELECT current_setting('default_transaction_read_only') AS ro, current_setting('statement_timeout') AS t",
         settings.timeout,

@@ -20,7 +20,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agent_service::sql_exec::{self, Capper, SqlError, SqlSettings};
+use agent_service::custom_sql::{self, Capper, SqlError, SqlSettings};
 use common::*;
 use serde_json::json;
 use sqlx::Connection;
@@ -382,7 +382,7 @@ async fn through_the_websocket(agent: &Agent, engine: &Engine, cases: &[(String,
 /// The executor without the guard, on an SQLite call that ignores interrupts (an `instr` of a
 /// 0.5 MB haystack and a 177 kB needle, about 2 s of one VM instruction) with a 1 s timeout.
 async fn a_stuck_sqlite_call_is_answered_when_it_ends(url: &str) {
-    let pool = sql_exec::hardened_sqlite_pool(url, 1, 16 * 1024 * 1024).unwrap();
+    let pool = custom_sql::hardened_sqlite_pool(url, 1, 16 * 1024 * 1024).unwrap();
     let sql = format!(
         "SELECT instr(x.h, y.n) FROM (SELECT group_concat('a', '') AS h FROM {}) x, \
          (SELECT group_concat('a', '') || 'b' AS n FROM {}) y",
@@ -391,8 +391,8 @@ async fn a_stuck_sqlite_call_is_answered_when_it_ends(url: &str) {
     );
     let settings = SqlSettings::default();
     let started = Instant::now();
-    let r =
-        sql_exec::execute_sqlite(&pool, &sql, Duration::from_secs(1), Capper::new(&settings)).await;
+    let r = custom_sql::execute_sqlite(&pool, &sql, Duration::from_secs(1), Capper::new(&settings))
+        .await;
     eprintln!(
         "a stuck SQLite call (1 s timeout) answered after {:?}: {r:?}",
         started.elapsed()
@@ -406,11 +406,12 @@ async fn a_stuck_sqlite_call_is_answered_when_it_ends(url: &str) {
 /// cancelled a second after the deadline, terminated a second later, and the answer comes once
 /// it is gone.
 async fn a_stuck_pg_call_is_answered_when_its_backend_is_gone(url: &str) {
-    let pool = sql_exec::hardened_pg_pool(url, 1, Duration::from_secs(1)).unwrap();
+    let pool = custom_sql::hardened_pg_pool(url, 1, Duration::from_secs(1)).unwrap();
     let sql = "SELECT strpos(repeat('a', 200000), 'b' || repeat('a', 100000)) AS p";
     let settings = SqlSettings::default();
     let started = Instant::now();
-    let r = sql_exec::execute_pg(&pool, sql, Duration::from_secs(1), Capper::new(&settings)).await;
+    let r =
+        custom_sql::execute_pg(&pool, sql, Duration::from_secs(1), Capper::new(&settings)).await;
     eprintln!(
         "a stuck PostgreSQL call (1 s timeout) answered after {:?}: {r:?}",
         started.elapsed()

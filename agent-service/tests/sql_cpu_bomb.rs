@@ -10,7 +10,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agent_service::sql_exec::SqlError;
+use agent_service::custom_sql::SqlError;
 use common::*;
 use serde_json::json;
 use sqlx::Connection;

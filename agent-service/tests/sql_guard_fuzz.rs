@@ -10,8 +10,7 @@
 use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 
-use agent_service::sql_exec::{self, Capper, SqlSettings};
-use agent_service::sql_guard::{self, Schema, SqlDialect, SqlPolicy};
+use agent_service::custom_sql::{self, Capper, Schema, SqlDialect, SqlPolicy, SqlSettings};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use sqlparser::ast::{
@@ -488,8 +487,8 @@ proptest! {
         let policy = SqlPolicy::default();
         let schema = schema();
         for dialect in [SqlDialect::Sqlite, SqlDialect::Postgres] {
-            let Ok(canonical) = sql_guard::check(&sql, dialect, &policy, &schema) else { continue };
-            let statement = sql_guard::parse_one(&canonical, dialect)
+            let Ok(canonical) = custom_sql::check(&sql, dialect, &policy, &schema) else { continue };
+            let statement = custom_sql::parse_one(&canonical, dialect)
                 .map_err(|e| TestCaseError::fail(format!("{canonical}: {e}")))?;
             prop_assert!(matches!(statement, Statement::Query(_)), "{}", canonical);
             let mut oracle = Oracle::new(dialect);
@@ -506,7 +505,7 @@ proptest! {
                 );
             }
             if dialect == SqlDialect::Sqlite {
-                let prepared = sql_guard::prepare(&sql, dialect, &policy, &schema, SqlSettings::default().cut())
+                let prepared = custom_sql::prepare(&sql, dialect, &policy, &schema, SqlSettings::default().cut())
                     .map_err(|e| TestCaseError::fail(format!("{canonical} checks but does not prepare: {e}")))?;
                 prop_assert_eq!(&prepared.canonical, &canonical);
                 run_on_sqlite(&prepared)?;
@@ -517,19 +516,19 @@ proptest! {
 
 /// Runs an accepted query, wrapped, on the hardened SQLite fixture: no hash or e-mail in what
 /// comes back, and the wrapper's column list always matches the query's columns.
-fn run_on_sqlite(prepared: &sql_guard::Prepared) -> Result<(), TestCaseError> {
+fn run_on_sqlite(prepared: &custom_sql::Prepared) -> Result<(), TestCaseError> {
     thread_local! {
         static FIXTURE: (tokio::runtime::Runtime, tempfile::TempDir, sqlx::SqlitePool) = {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             let dir = temp_dir();
             let path = rt.block_on(sqlite_fixture(dir.path(), "nn.db"));
-            let pool = rt.block_on(async { sql_exec::hardened_sqlite_pool(&sqlite_url(&path), 1, sql_exec::DEFAULT_MAX_VALUE_BYTES) }).unwrap();
+            let pool = rt.block_on(async { custom_sql::hardened_sqlite_pool(&sqlite_url(&path), 1, custom_sql::DEFAULT_MAX_VALUE_BYTES) }).unwrap();
             (rt, dir, pool)
         };
     }
     FIXTURE.with(|(rt, _dir, pool)| {
         let settings = SqlSettings::default();
-        let r = rt.block_on(sql_exec::execute_sqlite(
+        let r = rt.block_on(custom_sql::execute_sqlite(
             pool,
             &prepared.sql,
             settings.timeout,
@@ -557,14 +556,14 @@ fn run_on_sqlite(prepared: &sql_guard::Prepared) -> Result<(), TestCaseError> {
 fn the_generator_reaches_both_outcomes() {
     let policy = SqlPolicy::default();
     let schema = schema();
-    let ok = sql_guard::check(
+    let ok = custom_sql::check(
         "SELECT username FROM Users",
         SqlDialect::Sqlite,
         &policy,
         &schema,
     );
     assert!(ok.is_ok());
-    let refused = sql_guard::check(
+    let refused = custom_sql::check(
         "SELECT password FROM Users",
         SqlDialect::Sqlite,
         &policy,
@@ -578,7 +577,7 @@ fn the_generator_reaches_both_outcomes() {
     let (mut accepted, mut refused) = (0, 0);
     for _ in 0..400 {
         let sql = strategy.new_tree(&mut runner).unwrap().current();
-        match sql_guard::check(&sql, SqlDialect::Sqlite, &policy, &schema) {
+        match custom_sql::check(&sql, SqlDialect::Sqlite, &policy, &schema) {
             Ok(_) => accepted += 1,
             Err(_) => refused += 1,
         }

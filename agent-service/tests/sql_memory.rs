@@ -8,7 +8,7 @@
 
 mod common;
 
-use agent_service::sql_exec::SqlError;
+use agent_service::custom_sql::SqlError;
 use common::*;
 use sqlx::{Connection, Executor};
 use test_support::{sqlite_fixture, sqlite_url, temp_dir, PgTestDb};
@@ -54,10 +54,7 @@ fn columns(n: usize, pg: bool) -> String {
 
 /// Runs `sql` for a user and returns how much the agent's memory grew (the larger of the
 /// resident set after it and its peak during it, over the resident set before).
-async fn growth(
-    agent: &Agent,
-    sql: &str,
-) -> (u64, Result<agent_service::newsnexus::Rows, SqlError>) {
+async fn growth(agent: &Agent, sql: &str) -> (u64, Result<agent_service::Rows, SqlError>) {
     let before = rss();
     let reset = reset_peak();
     let r = agent.state.sql.run(2, sql).await.map(|(_, rows)| rows);

@@ -8,7 +8,7 @@
 
 mod common;
 
-use agent_service::sql_exec::SqlError;
+use agent_service::custom_sql::SqlError;
 use common::*;
 use serde_json::{json, Value};
 use test_support::{sqlite_fixture, sqlite_url, temp_dir, PgTestDb};

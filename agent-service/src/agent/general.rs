@@ -5,9 +5,9 @@ use std::time::Instant;
 
 use serde_json::json;
 
+use super::tools::article_tool_specs;
 use super::{call_llm, call_tool, finish, AgentCtx, AgentError};
 use crate::llm::{ollama, ChatMessage, LlmRequest, Purpose, Role};
-use crate::tools::article_tool_specs;
 
 pub const AGENT: &str = "general";
 

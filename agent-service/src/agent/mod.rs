@@ -5,19 +5,20 @@
 
 pub mod general;
 pub mod sql;
+pub mod tools;
 
 use std::time::Instant;
 
 use serde_json::{json, Value};
 use shared::status_log::{char_count, Progress};
 
-use crate::hub::Gone;
+use crate::chat::hub::Gone;
+use crate::chat::status_log::Reporter;
+use crate::chat::usage::Account;
 use crate::llm::{prompt_chars, ChatMessage, Llm, LlmError, LlmReply, LlmRequest};
+use crate::newsnexus::sql_exec::SqlRunner;
 use crate::newsnexus::{NewsDb, Rows};
-use crate::sql_exec::SqlRunner;
-use crate::status_log::Reporter;
-use crate::tools::{self, ToolError};
-use crate::usage::Account;
+use tools::ToolError;
 
 /// Everything an agent needs for one message.
 pub struct AgentCtx<'a> {

@@ -17,7 +17,15 @@ use serde_json::Value;
 use shared::status_log::char_count;
 
 use crate::config::Config;
-use crate::tools::ToolSpec;
+
+/// A tool as described to an LLM.
+#[derive(Debug, Clone)]
+pub struct ToolSpec {
+    pub name: &'static str,
+    pub description: &'static str,
+    /// JSON Schema of the arguments object.
+    pub parameters: Value,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {

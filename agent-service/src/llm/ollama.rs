@@ -11,9 +11,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::{LlmError, LlmReply, LlmRequest, ToolCall};
+use super::{LlmError, LlmReply, LlmRequest, ToolCall, ToolSpec};
 use crate::config::Config;
-use crate::tools::ToolSpec;
 
 #[derive(Clone)]
 pub struct Ollama {

@@ -8,8 +8,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agent_service::app::{router, AppState};
-use agent_service::config::Config;
+use agent_service::{router, AppState, Config};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;

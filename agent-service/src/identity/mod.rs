@@ -1,8 +1,10 @@
 //! Who is calling: identity comes only from auth-proxy, as `x-user-*` headers with an
 //! `x-identity-assertion` that must verify (HMAC with `IDENTITY_SECRET`, at most
 //! `AGENT_IDENTITY_MAX_AGE_SECS` old, bound to this request's method, path and query) and whose
-//! nonce was not seen before ([`crate::replay`]). Anything else is 401 with a JSON error (503 when
+//! nonce was not seen before ([`crate::identity::replay`]). Anything else is 401 with a JSON error (503 when
 //! the replay guard is full).
+
+pub mod replay;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -18,8 +20,8 @@ use shared::identity::{
     HEADER_USER_ADMIN, HEADER_USER_ID, HEADER_USER_NAME,
 };
 
-use crate::app::AppState;
-use crate::replay::{ReplayGuard, ReplayRefusal};
+use crate::config::Config;
+use replay::{ReplayGuard, ReplayRefusal};
 
 /// Paths served without identity: health, readiness, service info, and metrics (scraped inside the pod).
 pub fn is_public(path: &str) -> bool {
@@ -38,8 +40,35 @@ pub enum Refused {
     Busy,
 }
 
-/// Checks a request's identity headers, then lets the replay guard accept its nonce once.
-pub fn verify(
+/// The check of the proxy's signed identity: the assertion's verifier and the replay guard behind it.
+pub struct IdentityCheck {
+    verifier: Verifier,
+    replay: ReplayGuard,
+}
+
+impl IdentityCheck {
+    /// From `IDENTITY_SECRET`, `AGENT_IDENTITY_MAX_AGE_SECS` and `AGENT_IDENTITY_NONCE_CAPACITY`.
+    pub fn new(config: &Config) -> IdentityCheck {
+        IdentityCheck {
+            verifier: Verifier::new(
+                config.identity_secret.as_bytes(),
+                config.identity_max_age_secs,
+            ),
+            replay: ReplayGuard::new(config.identity_max_age_secs, config.identity_nonce_capacity),
+        }
+    }
+
+    /// Checks a request's identity headers, then lets the replay guard accept its nonce once.
+    pub fn verify(
+        &self,
+        headers: &HeaderMap,
+        request: BoundRequest<'_>,
+    ) -> Result<Identity, Refused> {
+        verify(&self.verifier, &self.replay, headers, request)
+    }
+}
+
+fn verify(
     verifier: &Verifier,
     guard: &ReplayGuard,
     headers: &HeaderMap,
@@ -95,12 +124,16 @@ pub fn refusal(e: &Refused) -> Response {
 
 /// Middleware: public paths pass; every other request needs a verified identity, which handlers
 /// then read as `Extension<Identity>`.
-pub async fn require(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
+pub async fn require(
+    State(check): State<Arc<IdentityCheck>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     if is_public(req.uri().path()) {
         return next.run(req).await;
     }
     let request = BoundRequest::new(req.method().as_str(), req.uri().path(), req.uri().query());
-    match verify(&state.verifier, &state.replay, req.headers(), request) {
+    match check.verify(req.headers(), request) {
         Ok(identity) => {
             req.extensions_mut().insert(identity);
             next.run(req).await

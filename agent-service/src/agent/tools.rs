@@ -4,18 +4,10 @@
 
 use serde_json::{json, Map, Value};
 
+use crate::llm::ToolSpec;
+use crate::newsnexus::sql_exec::{SqlError, SqlRunner};
+use crate::newsnexus::sql_guard::SqlRefusal;
 use crate::newsnexus::{NewsDb, Rows};
-use crate::sql_exec::{SqlError, SqlRunner};
-use crate::sql_guard::SqlRefusal;
-
-/// A tool as described to an LLM.
-#[derive(Debug, Clone)]
-pub struct ToolSpec {
-    pub name: &'static str,
-    pub description: &'static str,
-    /// JSON Schema of the arguments object.
-    pub parameters: Value,
-}
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ToolError {

@@ -3,7 +3,6 @@
 //! by the verified identity). Dates are `YYYY-MM-DD` (UTC days, both ends included).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
@@ -14,8 +13,8 @@ use serde_json::json;
 use shared::error_body::ErrorBody;
 use shared::identity::Identity;
 
-use crate::app::AppState;
-use crate::usage::{self, Ledger};
+use crate::chat::store::Store;
+use crate::chat::usage::{self, Ledger};
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
     (status, Json(ErrorBody::new(code, message))).into_response()
@@ -41,7 +40,7 @@ fn unavailable(e: impl std::fmt::Display) -> Response {
 }
 
 pub async fn mine(
-    State(state): State<Arc<AppState>>,
+    State(store): State<Store>,
     Extension(me): Extension<Identity>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
@@ -49,7 +48,7 @@ pub async fn mine(
         Ok(r) => r,
         Err(resp) => return *resp,
     };
-    let ledger = Ledger::new(state.store.clone());
+    let ledger = Ledger::new(store);
     let (f, t) = (from.to_string(), to.to_string());
     match ledger.buckets(Some(me.user_id), from, to).await {
         Ok(buckets) => {
@@ -64,7 +63,7 @@ pub async fn mine(
 }
 
 pub async fn everyone(
-    State(state): State<Arc<AppState>>,
+    State(store): State<Store>,
     Extension(me): Extension<Identity>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
@@ -79,7 +78,7 @@ pub async fn everyone(
         Ok(r) => r,
         Err(resp) => return *resp,
     };
-    let ledger = Ledger::new(state.store.clone());
+    let ledger = Ledger::new(store);
     let (f, t) = (from.to_string(), to.to_string());
     match ledger.buckets(None, from, to).await {
         Ok(buckets) => Json(json!({

@@ -10,8 +10,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use db::with_pool;
 use serde::Serialize;
 
+use crate::chat::session_page::{Cursor, PageRequest};
 use crate::llm::{ChatMessage, Role};
-use crate::session_page::{Cursor, PageRequest};
 
 /// Longest generated or given title, in characters.
 pub const MAX_TITLE_CHARS: usize = 60;
@@ -286,6 +286,28 @@ impl Store {
         let q = "UPDATE chat_messages SET in_context = 0 WHERE session_id = $1";
         with_pool!(&self.pool, p => sqlx::query(q).bind(session_id).execute(p).await.map(|_| ()))?;
         Ok(())
+    }
+}
+
+/// Keeps the user within `AGENT_MAX_SESSIONS_PER_USER` after `created` was added: the least
+/// recently updated sessions beyond the cap are deleted. Returns how many were.
+pub async fn enforce_session_cap(store: &Store, cap: u64, user_id: i64, created: &str) -> u64 {
+    match store.evict_sessions_beyond(user_id, cap, created).await {
+        Ok(n) => {
+            if n > 0 {
+                tracing::info!(
+                    user_id,
+                    evicted = n,
+                    cap,
+                    "session cap reached: oldest sessions deleted"
+                );
+            }
+            n
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            0
+        }
     }
 }
 

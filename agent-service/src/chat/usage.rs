@@ -5,8 +5,8 @@
 //! (everyone's, admins only). Quotas (`AGENT_USAGE_DAILY_*`, per UTC day) are checked from the
 //! ledger before each LLM call.
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use chrono::{Datelike, Duration as Days, NaiveDate, Utc};
@@ -14,15 +14,13 @@ use serde::Serialize;
 use serde_json::Value;
 use shared::status_log::Progress;
 
+use crate::chat::store::{Store, StoreError};
 use crate::config::ScaleConfig;
 use crate::metrics::Metrics;
-use crate::store::{Store, StoreError};
 use db::with_pool;
 
 /// Longest error text kept in the ledger.
 const MAX_ERROR_CHARS: usize = 200;
-/// Distinct model names that become metric labels.
-const MAX_MODEL_LABELS: usize = 64;
 /// Longest report range, in days.
 pub const MAX_RANGE_DAYS: i64 = 366;
 
@@ -296,32 +294,6 @@ pub fn check_quota(
         });
     }
     Ok(())
-}
-
-/// Model names as metric labels: at most [`MAX_MODEL_LABELS`] distinct well-formed names.
-#[derive(Default)]
-pub struct ModelLabels {
-    seen: Mutex<HashSet<String>>,
-}
-
-impl ModelLabels {
-    pub fn label(&self, model: &str) -> String {
-        let well_formed = !model.is_empty()
-            && model.len() <= 64
-            && model
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "._:/-".contains(c));
-        if !well_formed {
-            return "other".into();
-        }
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.contains(model) || seen.len() < MAX_MODEL_LABELS {
-            seen.insert(model.to_string());
-            model.to_string()
-        } else {
-            "other".into()
-        }
-    }
 }
 
 fn now_ms() -> i64 {
@@ -654,17 +626,5 @@ mod tests {
             check_quota((0, 100), (0, 90), 11, today).unwrap_err().quota,
             "prompt_chars"
         );
-    }
-
-    #[test]
-    fn model_labels_are_bounded() {
-        let m = ModelLabels::default();
-        assert_eq!(m.label("gpt-4o-mini"), "gpt-4o-mini");
-        assert_eq!(m.label("bad model\n"), "other");
-        for i in 0..MAX_MODEL_LABELS {
-            m.label(&format!("m{i}"));
-        }
-        assert_eq!(m.label("one-too-many"), "other");
-        assert_eq!(m.label("gpt-4o-mini"), "gpt-4o-mini");
     }
 }

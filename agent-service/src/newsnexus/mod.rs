@@ -2,6 +2,14 @@
 //! queries behind the article tools (custom SQL runs in `sql_exec`, on a pool of its own). SQLite
 //! is opened with `mode=ro`; PostgreSQL sessions run with `default_transaction_read_only=on` and a
 //! statement timeout.
+//!
+//! Beside it: `sql_guard.rs` (the parser and policy walk in front of custom SQL), `sql_exec.rs`
+//! (the hardened pool custom SQL runs on) and `demo_db.rs` (the demo database of `agent-service
+//! demo-db`).
+
+pub mod demo_db;
+pub mod sql_exec;
+pub mod sql_guard;
 
 use std::time::Duration;
 

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TrackedFuture;
 use tokio_util::task::TaskTracker;
 
-use crate::hub::Hub;
+use crate::chat::hub::Hub;
 use crate::metrics::Metrics;
 
 /// The close code sockets get when the replica goes away.
@@ -79,7 +79,7 @@ impl Drain {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::{Out, Outbound};
+    use crate::chat::hub::{Out, Outbound};
 
     #[tokio::test]
     async fn waits_for_answers_then_closes_sockets() {

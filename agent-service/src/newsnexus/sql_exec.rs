@@ -35,16 +35,10 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqlitePoolOptions};
 use sqlx::{Connection, Executor, PgPool, Row, SqlitePool};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::config::{number, ConfigError};
+use crate::config::{SqlPolicy, SqlSettings, SQLITE_LENGTH_CEILING};
+use crate::newsnexus::sql_guard::{self, Cut, Schema, SqlDialect, SqlRefusal};
 use crate::newsnexus::Rows;
-use crate::sql_guard::{self, Cut, Schema, SqlDialect, SqlPolicy, SqlRefusal};
 
-/// Default `AGENT_SQL_MAX_VALUE_BYTES`: the largest string or blob a custom SQLite query may read
-/// or build (`SQLITE_LIMIT_LENGTH`). It must exceed the largest stored value the agent reads: a
-/// larger one fails to read ("string or blob too big").
-pub const DEFAULT_MAX_VALUE_BYTES: usize = 1024 * 1024;
-/// SQLite's own ceiling for `SQLITE_LIMIT_LENGTH`.
-const SQLITE_LENGTH_CEILING: usize = 1_000_000_000;
 /// `SQLITE_LIMIT_LIKE_PATTERN_LENGTH`, in bytes: the guard's pattern limit in characters, at
 /// four bytes each.
 const SQLITE_LIKE_PATTERN_BYTES: i32 = (sql_guard::MAX_PATTERN_CHARS * 4) as i32;
@@ -62,103 +56,8 @@ const PG_TERMINATE_WAIT: Duration = Duration::from_secs(5);
 /// the role's `temp_file_limit`, see `deploy/sql/agent-readonly-role.sql`).
 const PG_WORK_MEM: &str = "4MB";
 
-/// Limits of the custom-SQL path (config: `AGENT_SQL_*`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SqlSettings {
-    /// Tables, columns and functions, and `AGENT_SQL_MAX_COLUMNS` (default 32).
-    pub policy: SqlPolicy,
-    /// `AGENT_SQL_TIMEOUT_SECS`, default 5.
-    pub timeout: Duration,
-    /// `AGENT_SQL_MAX_ROWS`, default 1000.
-    pub max_rows: usize,
-    /// `AGENT_SQL_MAX_CELL_BYTES`, default 4096: longer text is cut (by the engine first).
-    pub max_cell_bytes: usize,
-    /// `AGENT_SQL_MAX_RESULT_BYTES`, default 65536: rendered JSON of all rows.
-    pub max_result_bytes: usize,
-    /// `AGENT_SQL_MAX_VALUE_BYTES`, default 1 MiB: SQLite's `SQLITE_LIMIT_LENGTH` for custom SQL.
-    pub max_value_bytes: usize,
-    /// `AGENT_SQL_PER_USER`, default 1: custom queries one user may run at once.
-    pub per_user: usize,
-    /// `AGENT_SQL_MAX_CONCURRENT`, default 2: custom queries running at once in all (the size of
-    /// the custom-SQL pool; the article tools have their own).
-    pub max_concurrent: usize,
-}
-
-impl Default for SqlSettings {
-    fn default() -> Self {
-        SqlSettings {
-            policy: SqlPolicy::default(),
-            timeout: Duration::from_secs(5),
-            max_rows: 1000,
-            max_cell_bytes: 4096,
-            max_result_bytes: 65536,
-            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
-            per_user: 1,
-            max_concurrent: 2,
-        }
-    }
-}
-
+/// The custom-SQL settings as the guard's wrapper needs them.
 impl SqlSettings {
-    /// Reads the `AGENT_SQL_*` settings; a changed allowlist is logged as a warning at start.
-    pub fn load(env: &dyn Fn(&str) -> Option<String>) -> Result<SqlSettings, ConfigError> {
-        let get = |k: &str| env(k).filter(|v| !v.trim().is_empty());
-        let tables = get("AGENT_SQL_TABLES");
-        let hidden = get("AGENT_SQL_HIDDEN_COLUMNS");
-        let functions = get("AGENT_SQL_FUNCTIONS");
-        let mut policy = SqlPolicy::parse(
-            tables.as_deref().unwrap_or(sql_guard::DEFAULT_TABLES),
-            hidden
-                .as_deref()
-                .unwrap_or(sql_guard::DEFAULT_HIDDEN_COLUMNS),
-            functions.as_deref().unwrap_or(sql_guard::DEFAULT_FUNCTIONS),
-        )
-        .map_err(|problem| ConfigError {
-            name: "AGENT_SQL_TABLES",
-            problem,
-        })?;
-        for (name, set) in [
-            ("AGENT_SQL_TABLES", &tables),
-            ("AGENT_SQL_HIDDEN_COLUMNS", &hidden),
-            ("AGENT_SQL_FUNCTIONS", &functions),
-        ] {
-            if set.is_some() {
-                tracing::warn!(
-                    variable = name,
-                    "custom SQL policy differs from the strict default; check it exposes nothing private"
-                );
-            }
-        }
-        let d = SqlSettings::default();
-        let positive = |name: &'static str, default: usize| -> Result<usize, ConfigError> {
-            match number(env, name, default)? {
-                0 => Err(ConfigError {
-                    name,
-                    problem: "must be at least 1".into(),
-                }),
-                n => Ok(n),
-            }
-        };
-        policy.max_columns = positive("AGENT_SQL_MAX_COLUMNS", sql_guard::DEFAULT_MAX_COLUMNS)?;
-        let max_value_bytes = positive("AGENT_SQL_MAX_VALUE_BYTES", d.max_value_bytes)?;
-        if max_value_bytes > SQLITE_LENGTH_CEILING {
-            return Err(ConfigError {
-                name: "AGENT_SQL_MAX_VALUE_BYTES",
-                problem: format!("must be at most {SQLITE_LENGTH_CEILING}"),
-            });
-        }
-        Ok(SqlSettings {
-            policy,
-            timeout: Duration::from_secs(positive("AGENT_SQL_TIMEOUT_SECS", 5)? as u64),
-            max_rows: positive("AGENT_SQL_MAX_ROWS", d.max_rows)?,
-            max_cell_bytes: positive("AGENT_SQL_MAX_CELL_BYTES", d.max_cell_bytes)?,
-            max_result_bytes: positive("AGENT_SQL_MAX_RESULT_BYTES", d.max_result_bytes)?,
-            max_value_bytes,
-            per_user: positive("AGENT_SQL_PER_USER", d.per_user)?,
-            max_concurrent: positive("AGENT_SQL_MAX_CONCURRENT", d.max_concurrent)?,
-        })
-    }
-
     /// How the guard's wrapper cuts results under these settings.
     pub fn cut(&self) -> Cut {
         Cut {
@@ -346,7 +245,8 @@ pub struct SqlRunner {
 
 impl SqlRunner {
     /// Opens the custom-SQL pool on `url` (no connection is made until the first query).
-    pub fn open(url: &str, settings: SqlSettings) -> Result<SqlRunner, sqlx::Error> {
+    pub fn open(url: &str, settings: &SqlSettings) -> Result<SqlRunner, sqlx::Error> {
+        let settings = settings.clone();
         let size = settings.max_concurrent.max(1) as u32;
         let pool = if url.starts_with("sqlite:") {
             SqlPool::Sqlite(hardened_sqlite_pool(url, size, settings.max_value_bytes)?)

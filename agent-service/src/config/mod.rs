@@ -1,10 +1,23 @@
 //! The agent's settings, read once from the environment (the names Fluxion00API operators already
 //! use where there are some) and validated. Errors name the variable and say what is wrong.
+//!
+//! A leaf: it imports nothing of the crate. Each part takes its own section: [`SqlSettings`]
+//! (`sql.rs`, `AGENT_SQL_*`) for the custom-SQL guard and executor, [`Policy`] (`llm.rs`,
+//! `LLM_ALLOWED`, `LLM_PIN`) for the provider choice, [`ScaleConfig`] (`scale.rs`, bus, drain,
+//! quotas) for the bus and the usage ledger.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::llm::policy::{parse_allowed, Policy};
+mod llm;
+mod scale;
+mod sql;
+
+pub use llm::{parse_allowed, Policy, PROVIDERS};
+pub use scale::ScaleConfig;
+#[cfg(test)]
+pub use sql::DEFAULT_MAX_COLUMNS;
+pub use sql::{SqlPolicy, SqlSettings, DEFAULT_MAX_VALUE_BYTES, SQLITE_LENGTH_CEILING};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -39,7 +52,7 @@ pub struct Config {
     /// `AGENT_STORE_URL`: where chat sessions live; default an SQLite file in `AGENT_DATA_DIR` (`./data`).
     pub store_url: String,
     /// `AGENT_SQL_*`: the custom-SQL policy and limits.
-    pub sql: crate::sql_exec::SqlSettings,
+    pub sql: SqlSettings,
     /// `AGENT_IDENTITY_MAX_AGE_SECS`, default 10 (1–300): how old a proxy assertion may be, and how
     /// long its nonce is remembered.
     pub identity_max_age_secs: u64,
@@ -64,66 +77,6 @@ pub enum LogFormat {
     Json,
 }
 
-/// Settings for running several replicas and accounting for use.
-#[derive(Debug, Clone)]
-pub struct ScaleConfig {
-    /// `AGENT_BUS_URL` (`nats://host:4222`): the cross-replica hub; absent = this process only.
-    pub bus_url: Option<String>,
-    /// `AGENT_BUS_NAMESPACE`, default `fluxion`: prefix of the bus subjects and the lease bucket, so
-    /// several deployments can share one NATS.
-    pub bus_namespace: String,
-    /// `AGENT_BUS_LEASE_TTL_SECS`, default 30: how long a dead replica's connections keep counting
-    /// against the per-user limit.
-    pub lease_ttl: Duration,
-    /// `AGENT_DRAIN_GRACE_SECS`, default 20: how long answers in progress may run after SIGTERM.
-    pub drain_grace: Duration,
-    /// `AGENT_USAGE_DAILY_PROMPT_CHARS_PER_USER` (`usage.daily_prompt_chars_per_user`), 0 = off.
-    pub daily_prompt_chars_per_user: u64,
-    /// `AGENT_USAGE_DAILY_LLM_CALLS_PER_USER` (`usage.daily_llm_calls_per_user`), 0 = off.
-    pub daily_llm_calls_per_user: u64,
-}
-
-impl ScaleConfig {
-    fn load(env: &dyn Fn(&str) -> Option<String>) -> Result<ScaleConfig, ConfigError> {
-        let get = |k: &str| env(k).filter(|v| !v.trim().is_empty());
-        let bus_url = get("AGENT_BUS_URL").map(|u| u.trim().to_string());
-        if let Some(u) = &bus_url {
-            if !(u.starts_with("nats://") || u.starts_with("tls://")) {
-                return Err(err("AGENT_BUS_URL", "must start with nats:// or tls://"));
-            }
-        }
-        let bus_namespace = get("AGENT_BUS_NAMESPACE").unwrap_or_else(|| "fluxion".into());
-        if !bus_namespace
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-            || bus_namespace.len() > 64
-        {
-            return Err(err(
-                "AGENT_BUS_NAMESPACE",
-                "may hold only letters, digits, '-' and '_' (at most 64)",
-            ));
-        }
-        let ttl = number(env, "AGENT_BUS_LEASE_TTL_SECS", 30u64)?;
-        if ttl < 3 {
-            return Err(err("AGENT_BUS_LEASE_TTL_SECS", "must be at least 3"));
-        }
-        Ok(ScaleConfig {
-            bus_url,
-            bus_namespace,
-            lease_ttl: Duration::from_secs(ttl),
-            drain_grace: Duration::from_secs(number(env, "AGENT_DRAIN_GRACE_SECS", 20u64)?),
-            daily_prompt_chars_per_user: number(
-                env,
-                "AGENT_USAGE_DAILY_PROMPT_CHARS_PER_USER",
-                0u64,
-            )?,
-            daily_llm_calls_per_user: number(env, "AGENT_USAGE_DAILY_LLM_CALLS_PER_USER", 0u64)?,
-        })
-    }
-}
-
-pub const PROVIDERS: [&str; 3] = ["offline", "openai", "ollama"];
-
 #[derive(Debug, thiserror::Error)]
 #[error("config error: {name}: {problem}")]
 pub struct ConfigError {
@@ -138,7 +91,7 @@ fn err(name: &'static str, problem: impl Into<String>) -> ConfigError {
     }
 }
 
-pub(crate) fn number<T: std::str::FromStr>(
+fn number<T: std::str::FromStr>(
     env: &dyn Fn(&str) -> Option<String>,
     name: &'static str,
     default: T,
@@ -290,7 +243,7 @@ impl Config {
             idle_timeout: Duration::from_secs(number(env, "AGENT_IDLE_TIMEOUT_SECS", 60u64)?),
             outbound_queue: number(env, "AGENT_OUTBOUND_QUEUE", 256usize)?.max(8),
             store_url,
-            sql: crate::sql_exec::SqlSettings::load(env)?,
+            sql: SqlSettings::load(env)?,
             identity_max_age_secs,
             identity_nonce_capacity,
             max_sessions_per_user,

@@ -1,4 +1,4 @@
-//! REST for chat sessions, behind the proxy's identity: list (in pages, see [`crate::session_page`]),
+//! REST for chat sessions, behind the proxy's identity: list (in pages, see [`crate::chat::session_page`]),
 //! create (past the per-user cap the least recently updated sessions are evicted), read (with
 //! messages), delete. Another user's session answers exactly like a missing one: 404 `not_found`.
 
@@ -15,9 +15,9 @@ use shared::error_body::ErrorBody;
 use shared::frames::ServerFrame;
 use shared::identity::Identity;
 
-use crate::app::AppState;
-use crate::session_page::page_request;
-use crate::store::StoreError;
+use crate::chat::session_page::page_request;
+use crate::chat::store::{enforce_session_cap, Store, StoreError};
+use crate::state::AppState;
 
 fn not_found() -> Response {
     (
@@ -53,7 +53,7 @@ fn valid_id(id: &str) -> bool {
 }
 
 pub async fn list(
-    State(state): State<Arc<AppState>>,
+    State(store): State<Store>,
     Extension(me): Extension<Identity>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
@@ -64,40 +64,13 @@ pub async fn list(
         Ok(p) => p,
         Err(message) => return bad_request(&message),
     };
-    match state.store.list_sessions(me.user_id, &page).await {
+    match store.list_sessions(me.user_id, &page).await {
         Ok((sessions, next)) => Json(json!({
             "sessions": sessions,
             "next_before": next.map(|c| c.encode()),
         }))
         .into_response(),
         Err(e) => unavailable(e),
-    }
-}
-
-/// Keeps the user within `AGENT_MAX_SESSIONS_PER_USER` after `created` was added: the least
-/// recently updated sessions beyond the cap are deleted. Returns how many were.
-pub async fn enforce_session_cap(state: &AppState, user_id: i64, created: &str) -> u64 {
-    let cap = state.config.max_sessions_per_user;
-    match state
-        .store
-        .evict_sessions_beyond(user_id, cap, created)
-        .await
-    {
-        Ok(n) => {
-            if n > 0 {
-                tracing::info!(
-                    user_id,
-                    evicted = n,
-                    cap,
-                    "session cap reached: oldest sessions deleted"
-                );
-            }
-            n
-        }
-        Err(e) => {
-            tracing::error!("{e}");
-            0
-        }
     }
 }
 
@@ -124,7 +97,8 @@ pub async fn create(
         .await
     {
         Ok(session) => {
-            enforce_session_cap(&state, me.user_id, &session.id).await;
+            let cap = state.config.max_sessions_per_user;
+            enforce_session_cap(&state.store, cap, me.user_id, &session.id).await;
             state
                 .hub
                 .send_to_user(me.user_id, &ServerFrame::SessionsChanged);
@@ -135,14 +109,14 @@ pub async fn create(
 }
 
 pub async fn get(
-    State(state): State<Arc<AppState>>,
+    State(store): State<Store>,
     Extension(me): Extension<Identity>,
     Path(id): Path<String>,
 ) -> Response {
     if !valid_id(&id) {
         return not_found();
     }
-    let (session, messages) = match state.store.transcript(me.user_id, &id).await {
+    let (session, messages) = match store.transcript(me.user_id, &id).await {
         Ok(Some(found)) => found,
         Ok(None) => return not_found(),
         Err(e) => return unavailable(e),

@@ -4,7 +4,7 @@
 
 use sqlx::{Connection, Executor};
 
-pub const FIXTURE: &str = include_str!("../demo/newsnexus-sqlite.sql");
+pub const FIXTURE: &str = include_str!("../../demo/newsnexus-sqlite.sql");
 
 pub async fn create(path: &str) -> anyhow::Result<()> {
     if std::path::Path::new(path).exists() {

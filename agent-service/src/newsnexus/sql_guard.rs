@@ -29,7 +29,7 @@
 //! What runs is the canonical rendering of the checked AST, re-parsed and checked again, so
 //! comments, quoting tricks and tokenizer differences never reach the database.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
@@ -43,6 +43,8 @@ use sqlparser::ast::{
 use sqlparser::dialect::{Dialect, PostgreSqlDialect, SQLiteDialect};
 use sqlparser::parser::Parser;
 
+use crate::config::SqlPolicy;
+
 /// Longest query text accepted, in characters.
 pub const MAX_SQL_CHARS: usize = 4000;
 /// Longest pattern (needle, character set) a search may use, in characters.
@@ -51,8 +53,6 @@ pub const MAX_PATTERN_CHARS: usize = 256;
 pub const MAX_PATTERN_TOTAL_CHARS: usize = 1024;
 /// Most stored values one expression's result may hold on PostgreSQL.
 pub const MAX_COPIES: Copies = 8;
-/// Default `AGENT_SQL_MAX_COLUMNS`.
-pub const DEFAULT_MAX_COLUMNS: usize = 32;
 
 /// The SQL dialect of the connected database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,92 +70,8 @@ impl SqlDialect {
     }
 }
 
-/// Default table allowlist: the News Nexus content tables the tools read, and `Users` limited to
-/// four columns. Format of `AGENT_SQL_TABLES`: comma-separated, `Table` or `Table(col col ...)`.
-pub const DEFAULT_TABLES: &str = "Articles,ArticleApproveds,Users(id username isAdmin createdAt)";
-/// Default hidden columns (`AGENT_SQL_HIDDEN_COLUMNS`), refused in every table.
-pub const DEFAULT_HIDDEN_COLUMNS: &str = "password,passwordHash,password_hash,hash,token,accessToken,refreshToken,resetToken,reset_token,secret,apiKey,api_key,salt";
-/// Default function allowlist (`AGENT_SQL_FUNCTIONS`): aggregates, window ranking, string,
-/// date/time and math functions, `coalesce`, `nullif`. Functions that build large values from
-/// small input (`repeat`, `lpad`, `printf`, `zeroblob`, `string_agg`, ...) are not in it, and on
-/// PostgreSQL they are refused even when listed (see [`FUNCTION_COSTS`]). `group_concat` exists
-/// only on SQLite, whose value length limit caps it.
-pub const DEFAULT_FUNCTIONS: &str =
-    "count,sum,avg,min,max,total,group_concat,bool_and,bool_or,every,\
-row_number,rank,dense_rank,ntile,lag,lead,first_value,last_value,percent_rank,cume_dist,\
-lower,upper,length,char_length,character_length,octet_length,substr,substring,trim,ltrim,rtrim,\
-instr,strpos,position,concat,concat_ws,left,right,initcap,reverse,split_part,starts_with,\
-date,time,datetime,julianday,strftime,unixepoch,now,current_date,current_time,current_timestamp,\
-localtime,localtimestamp,date_trunc,date_part,extract,age,to_char,to_date,to_timestamp,make_date,\
-abs,round,ceil,ceiling,floor,sign,sqrt,power,pow,mod,ln,log,log10,exp,greatest,least,trunc,\
-coalesce,nullif,ifnull,iif,cast";
-
-/// What custom SQL may touch. Names are compared lower-cased.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SqlPolicy {
-    /// Allowed tables; `Some(columns)` limits a table to those columns.
-    pub tables: BTreeMap<String, Option<BTreeSet<String>>>,
-    /// Column names refused in every table.
-    pub hidden_columns: BTreeSet<String>,
-    /// Allowed function names.
-    pub functions: BTreeSet<String>,
-    /// Most result columns a query may have (`AGENT_SQL_MAX_COLUMNS`).
-    pub max_columns: usize,
-}
-
-impl Default for SqlPolicy {
-    fn default() -> Self {
-        SqlPolicy::parse(DEFAULT_TABLES, DEFAULT_HIDDEN_COLUMNS, DEFAULT_FUNCTIONS)
-            .expect("the default SQL policy parses")
-    }
-}
-
-fn names(list: &str) -> BTreeSet<String> {
-    list.split([',', ' '])
-        .map(|s| s.trim().to_lowercase())
-        .filter(|s| !s.is_empty())
-        .collect()
-}
-
+// The guard's reading of the policy (the section itself is `config::sql`).
 impl SqlPolicy {
-    /// Builds a policy from the three config lists; the error says what is malformed.
-    pub fn parse(tables: &str, hidden: &str, functions: &str) -> Result<SqlPolicy, String> {
-        let mut map = BTreeMap::new();
-        let mut rest = tables.trim();
-        while !rest.is_empty() {
-            let end = rest.find([',', '(']).unwrap_or(rest.len());
-            let name = rest[..end].trim().to_lowercase();
-            if name.is_empty() || !name.chars().all(|c| c.is_alphanumeric() || c == '_') {
-                return Err(format!("{:?} is not a table name", &rest[..end]));
-            }
-            rest = &rest[end..];
-            let columns = if let Some(r) = rest.strip_prefix('(') {
-                let close = r
-                    .find(')')
-                    .ok_or_else(|| format!("the column list of {name} has no ')'"))?;
-                let cols = names(&r[..close]);
-                if cols.is_empty() {
-                    return Err(format!("the column list of {name} is empty"));
-                }
-                rest = &r[close + 1..];
-                Some(cols)
-            } else {
-                None
-            };
-            map.insert(name, columns);
-            rest = rest.trim_start().trim_start_matches(',').trim_start();
-        }
-        if map.is_empty() {
-            return Err("no table is allowed".into());
-        }
-        Ok(SqlPolicy {
-            tables: map,
-            hidden_columns: names(hidden),
-            functions: names(functions),
-            max_columns: DEFAULT_MAX_COLUMNS,
-        })
-    }
-
     fn hidden(&self, column: &str) -> bool {
         self.hidden_columns.contains(column)
     }
@@ -1974,6 +1890,7 @@ impl Visitor for Net<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::DEFAULT_MAX_COLUMNS;
 
     fn schema() -> Schema {
         Schema::default()
@@ -2648,20 +2565,5 @@ mod tests {
     fn the_text_that_runs_is_canonical() {
         assert_eq!(sqlite("select 1 -- hi\n;").unwrap(), "SELECT 1");
         assert_eq!(pg("SELECT $$a'b$$ AS x").unwrap(), "SELECT $$a'b$$ AS x");
-    }
-
-    #[test]
-    fn policy_parses_and_names_errors() {
-        let p = SqlPolicy::default();
-        assert_eq!(p.tables["users"].as_ref().unwrap().len(), 4);
-        assert_eq!(p.tables["articles"], None);
-        assert!(p.functions.contains("count") && !p.functions.contains("load_extension"));
-        assert_eq!(p.max_columns, DEFAULT_MAX_COLUMNS);
-        assert!(SqlPolicy::parse("Users(", "", "").is_err());
-        assert!(SqlPolicy::parse("", "", "").is_err());
-        assert!(SqlPolicy::parse("a;b", "", "").is_err());
-        let q = SqlPolicy::parse("Users(id,username), Articles", "pw", "count").unwrap();
-        assert_eq!(q.tables.len(), 2);
-        assert!(q.hidden_columns.contains("pw"));
     }
 }

@@ -10,9 +10,10 @@ use axum::Json;
 use serde_json::{json, Map, Value};
 use shared::error_body::ErrorBody;
 
-use crate::app::AppState;
+use crate::agent::tools::TOOL_NAMES;
 use crate::llm::PROVIDER_INFO;
-use crate::tools::TOOL_NAMES;
+use crate::metrics::Metrics;
+use crate::state::AppState;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -60,10 +61,10 @@ pub async fn info() -> Json<Value> {
     }))
 }
 
-pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+pub async fn metrics(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
+        metrics.render(),
     )
 }
 

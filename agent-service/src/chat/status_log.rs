@@ -1,10 +1,10 @@
 //! Emitting the live status log: each step becomes an `agent_progress` frame pushed onto the
-//! connection's outbound queue ([`crate::hub::Outbound`]) the moment it happens. The frame schema lives in
+//! connection's outbound queue ([`crate::chat::hub::Outbound`]) the moment it happens. The frame schema lives in
 //! `shared::status_log`; this module only builds entries and sends them.
 
 use std::sync::Arc;
 
-use crate::hub::{Gone, Outbound};
+use crate::chat::hub::{Gone, Outbound};
 use crate::logs::AnswerTally;
 use crate::metrics::Metrics;
 use serde_json::Value;

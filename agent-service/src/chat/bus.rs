@@ -29,8 +29,8 @@ use sha2::{Digest, Sha256};
 use shared::frames::ServerFrame;
 use tokio::sync::{mpsc, OnceCell};
 
+use crate::chat::hub::{Fanout, Hub, Refusal, CLOSE_REPLACED};
 use crate::config::ScaleConfig;
-use crate::hub::{Fanout, Hub, Refusal, CLOSE_REPLACED};
 use crate::metrics::Metrics;
 
 /// How long one bus operation may take before the replica goes on without it.

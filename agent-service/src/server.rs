@@ -1,0 +1,43 @@
+//! Serving: binds `AGENT_LISTEN`, serves [`crate::api::router`] until Ctrl-C or SIGTERM, then
+//! drains (see `chat/drain.rs`).
+
+use std::sync::Arc;
+
+use crate::api::router;
+use crate::config::Config;
+use crate::state::AppState;
+
+/// Serves until Ctrl-C or SIGTERM, then drains (see `chat/drain.rs`).
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let listen = config.listen;
+    let state = Arc::new(AppState::new(config).await?);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("AGENT_LISTEN {listen}: {e}"))?;
+    let policy = &state.config.llm_policy;
+    tracing::info!(%listen, provider = %state.config.default_provider, llm_allowed = ?policy.allowed, llm_pin = policy.pin, "agent-service listening");
+    let draining = state.clone();
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            draining.drain.run(&draining.hub, &draining.metrics).await;
+        })
+        .await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+    tracing::info!("agent-service stopping");
+}
