@@ -1,5 +1,6 @@
-//! Serving: binds `AGENT_LISTEN`, serves [`crate::api::router`] until Ctrl-C or SIGTERM, then
-//! drains (see `chat/drain.rs`).
+//! Serving: takes the listener handed over at start (socket activation, name `agent`: see
+//! [`shared::listen`]) or binds `AGENT_LISTEN`, serves [`crate::api::router`] until Ctrl-C or
+//! SIGTERM, then drains (see `chat/drain.rs`).
 
 use std::sync::Arc;
 
@@ -11,9 +12,17 @@ use crate::state::AppState;
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let listen = config.listen;
     let state = Arc::new(AppState::new(config).await?);
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("AGENT_LISTEN {listen}: {e}"))?;
+    let listener = match shared::listen::take("agent")
+        .map_err(|e| anyhow::anyhow!("the agent listener handed over at start: {e}"))?
+    {
+        Some(inherited) => {
+            inherited.set_nonblocking(true)?;
+            tokio::net::TcpListener::from_std(inherited)?
+        }
+        None => tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("AGENT_LISTEN {listen}: {e}"))?,
+    };
     let policy = &state.config.llm_policy;
     tracing::info!(%listen, provider = %state.config.default_provider, llm_allowed = ?policy.allowed, llm_pin = policy.pin, "agent-service listening");
     let draining = state.clone();

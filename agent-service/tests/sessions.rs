@@ -10,7 +10,7 @@ use common::*;
 use serde_json::{json, Value};
 use shared::identity::Identity;
 use test_support::{
-    free_port, now_unix, sqlite_fixture, sqlite_url, PgTestDb, TEST_IDENTITY_SECRET,
+    hand_over, now_unix, sqlite_fixture, sqlite_url, PgTestDb, Port, TEST_IDENTITY_SECRET,
 };
 
 async fn nn() -> (tempfile::TempDir, String) {
@@ -276,18 +276,20 @@ async fn a_second_tab_hears_that_the_session_list_changed() {
 /// The real binary, killed with SIGKILL mid-life: what was acknowledged is still there.
 async fn survives_kill_9(store_url: &str) {
     let (_d, url) = nn().await;
-    let port = free_port();
+    let held = Port::new();
+    let port = held.port;
     let spawn = || {
-        Command::new(env!("CARGO_BIN_EXE_agent-service"))
-            .env_clear()
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_agent-service"));
+        cmd.env_clear()
             .env("AGENT_LISTEN", format!("127.0.0.1:{port}"))
             .env("IDENTITY_SECRET", TEST_IDENTITY_SECRET)
             .env("DATABASE_URL", &url)
             .env("AGENT_STORE_URL", store_url)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
+            .stderr(Stdio::null());
+        let listener = held.listener();
+        hand_over(&mut cmd, &[("agent", &listener)]);
+        cmd.spawn().unwrap()
     };
     let wait_up = || async {
         let deadline = Instant::now() + Duration::from_secs(20);

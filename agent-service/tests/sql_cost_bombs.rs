@@ -380,7 +380,8 @@ async fn through_the_websocket(agent: &Agent, engine: &Engine, cases: &[(String,
 }
 
 /// The executor without the guard, on an SQLite call that ignores interrupts (an `instr` of a
-/// 0.5 MB haystack and a 177 kB needle, about 2 s of one VM instruction) with a 1 s timeout.
+/// 0.5 MB haystack and a 177 kB needle, 1 to 2 s of one VM instruction) with a timeout well
+/// inside that (300 ms), so the call is past its deadline however fast the machine runs it.
 async fn a_stuck_sqlite_call_is_answered_when_it_ends(url: &str) {
     let pool = custom_sql::hardened_sqlite_pool(url, 1, 16 * 1024 * 1024).unwrap();
     let sql = format!(
@@ -391,10 +392,15 @@ async fn a_stuck_sqlite_call_is_answered_when_it_ends(url: &str) {
     );
     let settings = SqlSettings::default();
     let started = Instant::now();
-    let r = custom_sql::execute_sqlite(&pool, &sql, Duration::from_secs(1), Capper::new(&settings))
-        .await;
+    let r = custom_sql::execute_sqlite(
+        &pool,
+        &sql,
+        Duration::from_millis(300),
+        Capper::new(&settings),
+    )
+    .await;
     eprintln!(
-        "a stuck SQLite call (1 s timeout) answered after {:?}: {r:?}",
+        "a stuck SQLite call (300 ms timeout) answered after {:?}: {r:?}",
         started.elapsed()
     );
     assert!(matches!(r, Err(SqlError::Timeout(_))), "{r:?}");

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use fantoccini::{ClientBuilder, Locator};
 use serde_json::json;
 use stack_tests::{bin_dir, ws, Stack, StackOptions};
-use test_support::{free_port, now_unix, token_with_claims, TEST_JWT_SECRET};
+use test_support::{now_unix, token_with_claims, TEST_JWT_SECRET};
 
 /// How long the page may take to show new numbers (it reloads itself every 2 s).
 const PAGE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -39,19 +39,39 @@ impl Drop for Driver {
     }
 }
 
-fn start_driver(chromedriver: &PathBuf, port: u16) -> Driver {
-    let child = Command::new(chromedriver)
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::null())
+/// Starts chromedriver on a port it picks itself (`--port=0`) and returns it with the port it
+/// reports ("... started successfully on port N.").
+fn start_driver(chromedriver: &PathBuf) -> (Driver, u16) {
+    let mut child = Command::new(chromedriver)
+        .arg("--port=0")
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("start chromedriver");
+    let stdout = child.stdout.take().expect("chromedriver's stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(port) = line
+                .split("started successfully on port ")
+                .nth(1)
+                .and_then(|rest| rest.trim_end_matches('.').trim().parse::<u16>().ok())
+            {
+                let _ = tx.send(port);
+            }
+        }
+    });
+    let port = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("chromedriver did not report its port");
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "chromedriver did not listen");
         std::thread::sleep(Duration::from_millis(50));
     }
-    Driver(child)
+    (Driver(child), port)
 }
 
 /// The integer in the element with `id`, read from the page as the browser shows it now.
@@ -130,8 +150,7 @@ async fn the_status_page_in_headless_chromium_shows_traffic() {
         ..StackOptions::default()
     })
     .await;
-    let port = free_port();
-    let _driver = start_driver(&chromedriver, port);
+    let (_driver, port) = start_driver(&chromedriver);
     let caps = json!({
         "goog:chromeOptions": {
             "binary": chromium,

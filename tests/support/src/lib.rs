@@ -1,6 +1,6 @@
 //! Test helpers shared by every crate's tests: the News Nexus fixture on a real SQLite file or a
-//! fresh PostgreSQL database, News Nexus-shaped tokens, free loopback ports, and WebSocket
-//! handshakes ([`ws`]).
+//! fresh PostgreSQL database, News Nexus-shaped tokens, held loopback ports and listeners
+//! handed to the binaries the tests start ([`listeners`]), and WebSocket handshakes ([`ws`]).
 //!
 //! PostgreSQL: [`PgTestDb::create`] makes a new database on `TEST_POSTGRES_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/test`) and drops it when the value is dropped. When the
@@ -8,7 +8,6 @@
 //! (CI sets it), in which case the test fails. NATS works the same way with `REQUIRE_NATS=1`
 //! ([`nats`]).
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -49,19 +48,6 @@ pub fn token_with_claims(secret: &str, claims: serde_json::Value) -> String {
     let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
     let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
     jsonwebtoken::encode(&header, &claims, &key).expect("HS256 signing cannot fail")
-}
-
-/// A loopback port that was free a moment ago (bind, read the number, release).
-pub fn free_port() -> u16 {
-    free_ports::<1>()[0]
-}
-
-/// `N` different loopback ports that were free a moment ago: all are held until all are bound, so
-/// two of them are never the same port (two calls of [`free_port`] in a row may be).
-pub fn free_ports<const N: usize>() -> [u16; N] {
-    let listeners: [TcpListener; N] =
-        std::array::from_fn(|_| TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0"));
-    listeners.map(|l| l.local_addr().expect("a bound address").port())
 }
 
 /// Writes the SQLite fixture into `dir/name` and returns its path (`sqlite://` URL: [`sqlite_url`]).
