@@ -158,7 +158,7 @@ impl Config {
                 ))
             }
         };
-        if !(database_url.starts_with("sqlite:") || database_url.starts_with("postgres")) {
+        if db::Engine::of_url(&database_url).is_err() {
             return Err(err(
                 "DATABASE_URL",
                 "must start with sqlite: or postgres://",

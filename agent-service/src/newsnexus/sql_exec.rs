@@ -248,7 +248,8 @@ impl SqlRunner {
     pub fn open(url: &str, settings: &SqlSettings) -> Result<SqlRunner, sqlx::Error> {
         let settings = settings.clone();
         let size = settings.max_concurrent.max(1) as u32;
-        let pool = if url.starts_with("sqlite:") {
+        // The configuration accepted the URL (`db::Engine::of_url`); anything else is PostgreSQL's.
+        let pool = if matches!(db::Engine::of_url(url), Ok(db::Engine::Sqlite)) {
             SqlPool::Sqlite(hardened_sqlite_pool(url, size, settings.max_value_bytes)?)
         } else {
             SqlPool::Postgres(hardened_pg_pool(url, size, settings.timeout)?)
