@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use axum::serve::ListenerExt;
+
 use crate::api::router;
 use crate::config::Config;
 use crate::state::AppState;
@@ -25,6 +27,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     };
     let policy = &state.config.llm_policy;
     tracing::info!(%listen, provider = %state.config.default_provider, llm_allowed = ?policy.allowed, llm_pin = policy.pin, "agent-service listening");
+    // Status frames are small and written one by one as the agent works; with Nagle on, every
+    // frame after the first waits for the edge's delayed ACK (~40 ms) and they arrive in a burst.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY on an accepted connection");
+        }
+    });
     let draining = state.clone();
     axum::serve(listener, router(state))
         .with_graceful_shutdown(async move {

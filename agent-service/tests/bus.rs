@@ -78,7 +78,7 @@ async fn two_replicas_share_broadcasts_replacements_and_the_limit() {
             if let Ok(Some(Out::Frame(f))) =
                 tokio::time::timeout(Duration::from_millis(200), on_b.recv()).await
             {
-                assert_eq!(f, ServerFrame::SessionsChanged);
+                assert_eq!(*f, ServerFrame::SessionsChanged);
                 return;
             }
         }

@@ -68,6 +68,27 @@ async fn an_oversized_message_gets_an_error_and_the_connection_stays() {
 }
 
 #[tokio::test]
+async fn a_message_far_over_the_limit_is_refused_unread_with_1009() {
+    let (_d, agent) = agent(&[("AGENT_MAX_MESSAGE_BYTES", "1000".into())]).await;
+    let mut s = agent.connect(&ada(), "a", "").await.unwrap();
+    greeted(&mut s).await;
+    send(
+        &mut s,
+        json!({"type": "user_message", "content": "x".repeat(70_000)}),
+    )
+    .await;
+    // Closed without an answer: 1009 when the close frame is read before the reset that the
+    // message's unread bytes cause.
+    match next(&mut s).await {
+        Next::Closed(code) => assert!(matches!(code, None | Some(1009)), "{code:?}"),
+        Next::Frame(f) => panic!("a frame instead of the close: {f}"),
+    }
+    // The agent serves the next connection as before.
+    let mut next = agent.connect(&ada(), "b", "").await.unwrap();
+    greeted(&mut next).await;
+}
+
+#[tokio::test]
 async fn a_consumer_that_does_not_read_is_disconnected() {
     let (_d, agent) = agent(&[("AGENT_OUTBOUND_QUEUE", "8".into())]).await;
     let mut s = agent.connect(&ada(), "slow", "").await.unwrap();

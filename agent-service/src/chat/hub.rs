@@ -14,11 +14,12 @@ use shared::frames::ServerFrame;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// What goes out on a socket: a frame, or a close with a code and reason.
+/// What goes out on a socket: a frame, or a close with a code and reason. Kept small (24 bytes):
+/// the queue's first block of 32 slots is allocated with the connection and lives as long as it.
 #[derive(Debug, Clone)]
 pub enum Out {
-    Frame(ServerFrame),
-    Close(u16, String),
+    Frame(Box<ServerFrame>),
+    Close(u16, Box<str>),
 }
 
 /// The sending side of one connection's bounded outbound queue. A full queue means the client is
@@ -48,11 +49,11 @@ impl Outbound {
     }
 
     pub fn send(&self, frame: ServerFrame) -> Result<(), Gone> {
-        self.push(Out::Frame(frame))
+        self.push(Out::Frame(Box::new(frame)))
     }
 
     pub fn close(&self, code: u16, reason: &str) -> Result<(), Gone> {
-        self.push(Out::Close(code, reason.to_string()))
+        self.push(Out::Close(code, reason.into()))
     }
 
     fn push(&self, out: Out) -> Result<(), Gone> {
@@ -223,6 +224,11 @@ impl Hub {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_queued_item_is_small() {
+        assert_eq!(std::mem::size_of::<super::Out>(), 24);
+    }
+
     use super::*;
 
     #[test]

@@ -35,9 +35,55 @@ use crate::state::AppState;
 
 pub const CLOSE_INVALID_PROVIDER: u16 = 4000;
 pub const CLOSE_SLOW_CONSUMER: u16 = 1013;
-/// Hard frame limit enforced by the WebSocket layer (the soft limit answers with an `error` frame).
-pub const HARD_MAX_MESSAGE_BYTES: usize = 1 << 20;
-/// Messages waiting behind the one being answered.
+/// What one socket's WebSocket layer may hold. An idle chat connection (Fluxion00Web keeps one
+/// open for minutes between questions) holds only the read buffer, so it is sized for a chat
+/// message, not for bulk data: tungstenite's defaults (128 KiB read and write buffers, touched up
+/// front) were 163 KiB of RSS per idle connection.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SocketBuffers {
+    /// Bytes read from the socket at a time: a chat frame fits; a larger one grows the buffer to
+    /// its announced length while it arrives.
+    pub read: usize,
+    /// 0: every frame is written to the socket as it is sent (status frames are live).
+    pub write: usize,
+    /// Bytes the WebSocket layer may hold for a slow socket. The writer sends one frame at a time
+    /// and waits for it (the outbound queue in front closes slow consumers with 1013), so this
+    /// only has to fit the largest frame the agent sends.
+    pub max_write: usize,
+    /// The hard limit, twice the soft one and at least 64 KiB above it: a message up to it gets
+    /// the `error` frame "Message too large" and the connection stays; beyond it the WebSocket
+    /// layer closes with 1009 unread.
+    pub max_message: usize,
+}
+
+impl SocketBuffers {
+    pub const READ: usize = 1024;
+    pub const MAX_WRITE: usize = 16 << 20;
+    const SLACK: usize = 64 * 1024;
+
+    /// The buffers for a soft message limit of `max_message_bytes` (`AGENT_MAX_MESSAGE_BYTES`).
+    pub fn for_messages(max_message_bytes: usize) -> SocketBuffers {
+        let max_message = max_message_bytes
+            .saturating_mul(2)
+            .max(max_message_bytes.saturating_add(Self::SLACK));
+        SocketBuffers {
+            read: Self::READ,
+            write: 0,
+            max_write: Self::MAX_WRITE,
+            max_message,
+        }
+    }
+
+    fn apply(self, ws: WebSocketUpgrade) -> WebSocketUpgrade {
+        ws.read_buffer_size(self.read)
+            .write_buffer_size(self.write)
+            .max_write_buffer_size(self.max_write)
+            .max_message_size(self.max_message)
+            .max_frame_size(self.max_message)
+    }
+}
+/// Messages waiting behind the one being answered (boxed in the queue, whose first block of 32
+/// slots lives as long as the connection).
 const QUEUED_MESSAGES: usize = 32;
 
 pub async fn handler(
@@ -69,7 +115,8 @@ pub async fn handler(
         )
             .into_response();
     }
-    ws.max_message_size(HARD_MAX_MESSAGE_BYTES)
+    SocketBuffers::for_messages(state.config.max_message_bytes)
+        .apply(ws)
         .on_upgrade(move |socket| connection(state, socket, client_id, identity, params))
 }
 
@@ -120,12 +167,10 @@ async fn connection(
             return;
         }
     };
-    // Across replicas: the per-user limit, and replacing this client id elsewhere.
-    if let Err(refusal) = state
-        .bus
-        .acquire(identity.user_id, &client_id, conn_id)
-        .await
-    {
+    // Across replicas: the per-user limit, and replacing this client id elsewhere. This future
+    // and the others awaited once at the start or the end are boxed: the connection's own future
+    // lives as long as the connection, and is as large as the largest future it awaits inline.
+    if let Err(refusal) = Box::pin(state.bus.acquire(identity.user_id, &client_id, conn_id)).await {
         state.hub.unregister(&client_id, identity.user_id, conn_id);
         let (code, reason) = refusal.close();
         let _ = sink.send(close_message(code, reason)).await;
@@ -161,7 +206,7 @@ async fn connection(
     let _ = out.send(ServerFrame::system(welcome));
 
     let requested = params.get("session_id").map(String::as_str);
-    let session = worker::open_session(&state, &identity, requested, &out).await;
+    let session = Box::pin(worker::open_session(&state, &identity, requested, &out)).await;
     let (jobs, job_rx) = mpsc::channel(QUEUED_MESSAGES);
     let account = Account::new(
         Ledger::new(state.store.clone()),
@@ -190,10 +235,7 @@ async fn connection(
     worker.abort();
     let sent = writer.await.ok().flatten();
     state.hub.unregister(&client_id, identity.user_id, conn_id);
-    state
-        .bus
-        .release(identity.user_id, &client_id, conn_id)
-        .await;
+    Box::pin(state.bus.release(identity.user_id, &client_id, conn_id)).await;
     state.metrics.websocket_active.dec();
     // The code this side sent wins; else the client's; 1006 when the socket just ended.
     log_closed(
@@ -233,6 +275,21 @@ fn close_message(code: u16, reason: &str) -> Message {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn socket_buffers_are_sized_for_chat_messages() {
+        let b = SocketBuffers::for_messages(65536);
+        assert_eq!(b.read, 1024);
+        assert_eq!(b.write, 0, "frames leave as they are sent");
+        assert_eq!(b.max_message, 131072);
+        assert!(b.max_write > b.max_message);
+        // A small soft limit still answers messages a little over it with the error frame.
+        assert_eq!(SocketBuffers::for_messages(1000).max_message, 1000 + 65536);
+        assert_eq!(
+            SocketBuffers::for_messages(usize::MAX).max_message,
+            usize::MAX
+        );
+    }
 
     #[test]
     fn only_unknown_providers_are_refused_and_the_reason_is_short() {

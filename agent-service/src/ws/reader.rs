@@ -57,6 +57,14 @@ pub(super) fn incoming(msg: Message, max_message_bytes: usize) -> Incoming {
     }
 }
 
+/// A frame or message past the WebSocket layer's hard limit (see `SocketBuffers`), refused unread.
+fn over_hard_limit(e: &axum::Error) -> bool {
+    use tokio_tungstenite::tungstenite::Error;
+    std::error::Error::source(e)
+        .and_then(|inner| inner.downcast_ref::<Error>())
+        .is_some_and(|inner| matches!(inner, Error::Capacity(_)))
+}
+
 /// Reads the client's frames until the socket ends, the peer is idle too long, or the connection
 /// is done. Returns the close code the client sent, if it sent one.
 pub(super) async fn read_loop(
@@ -64,7 +72,7 @@ pub(super) async fn read_loop(
     mut stream: SplitStream<WebSocket>,
     out: &Outbound,
     session_id: &str,
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::Sender<Box<Job>>,
     done: &CancellationToken,
 ) -> Option<u16> {
     let idle = state.config.idle_timeout;
@@ -82,6 +90,9 @@ pub(super) async fn read_loop(
             Ok(None) => return None,
             Ok(Some(Err(e))) => {
                 tracing::debug!(error = %crate::logs::chain(&e), "WebSocket read failed");
+                if over_hard_limit(&e) {
+                    let _ = out.close(1009, "message too big");
+                }
                 return None;
             }
             Ok(Some(Ok(m))) => m,
@@ -94,7 +105,8 @@ pub(super) async fn read_loop(
                 continue;
             }
             Incoming::Reply(frame) => Some(frame),
-            Incoming::ClearHistory => match state.store.clear_context(session_id).await {
+            // Boxed: the reader's future lives as long as the connection (see `connection`).
+            Incoming::ClearHistory => match Box::pin(state.store.clear_context(session_id)).await {
                 Ok(()) => Some(ServerFrame::system("Conversation history cleared")),
                 Err(e) => {
                     tracing::error!(session = %session_id, error = %crate::logs::chain(&e), "clearing the history failed");
@@ -105,7 +117,7 @@ pub(super) async fn read_loop(
             },
             Incoming::Message(job) => {
                 state.metrics.messages.inc();
-                match jobs.try_send(job) {
+                match jobs.try_send(Box::new(job)) {
                     Ok(()) => None,
                     Err(_) => Some(ServerFrame::error(
                         "Too many messages waiting; try again when the current answer is done",
@@ -133,6 +145,18 @@ mod tests {
 
     fn invalid() -> ServerFrame {
         ServerFrame::error("Invalid message format")
+    }
+
+    #[test]
+    fn only_a_capacity_error_is_over_the_hard_limit() {
+        use tokio_tungstenite::tungstenite::error::{CapacityError, Error, ProtocolError};
+        let too_long = Error::Capacity(CapacityError::MessageTooLong {
+            size: 70_000,
+            max_size: 66_536,
+        });
+        assert!(over_hard_limit(&axum::Error::new(too_long)));
+        let other = Error::Protocol(ProtocolError::ResetWithoutClosingHandshake);
+        assert!(!over_hard_limit(&axum::Error::new(other)));
     }
 
     #[test]

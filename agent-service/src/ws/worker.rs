@@ -116,7 +116,7 @@ impl Chat {
 }
 
 /// Answers the queued messages one at a time, in order, until the queue or the connection ends.
-pub(super) async fn work_loop(chat: Chat, mut jobs: mpsc::Receiver<Job>) {
+pub(super) async fn work_loop(chat: Chat, mut jobs: mpsc::Receiver<Box<Job>>) {
     let out = &chat.out;
     let reporter = Reporter::new(out.clone(), chat.state.metrics.clone());
     while let Some(job) = jobs.recv().await {
@@ -130,7 +130,8 @@ pub(super) async fn work_loop(chat: Chat, mut jobs: mpsc::Receiver<Job>) {
             continue;
         }
         // A message is acknowledged (echoed) only once it is committed.
-        if !chat.save_user_message(&job.content).await {
+        // The answer's futures are boxed: an idle connection's worker holds only this loop.
+        if !Box::pin(chat.save_user_message(&job.content)).await {
             if out
                 .send(ServerFrame::error(
                     "Your message could not be saved; please send it again",
@@ -160,7 +161,7 @@ pub(super) async fn work_loop(chat: Chat, mut jobs: mpsc::Receiver<Job>) {
                 out.send(frame).is_ok() && out.send(ServerFrame::Typing { content: false }).is_ok();
             sent.then_some(())
         };
-        if chat.state.drain.track(answered).await.is_none() {
+        if chat.state.drain.track(Box::pin(answered)).await.is_none() {
             return;
         }
     }

@@ -28,8 +28,9 @@ pub(super) async fn write_loop<S>(
 where
     S: Sink<Message> + Unpin,
 {
-    let mut ping = tokio::time::interval(ping_every);
-    ping.tick().await;
+    // The first ping is one period away. (`interval`'s immediate first tick still waits for the
+    // timer wheel's next millisecond, and the welcome frame waited behind it on every connection.)
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     loop {
         let msg = tokio::select! {
             biased;

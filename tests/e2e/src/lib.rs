@@ -421,7 +421,8 @@ pub mod ws {
 /// [`FakeLlm::release`].
 pub mod fake_llm {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
 
     use axum::extract::State;
     use axum::routing::post;
@@ -433,6 +434,7 @@ pub mod fake_llm {
     pub struct FakeLlm {
         pub port: u16,
         requests: Arc<AtomicUsize>,
+        arrivals: Arc<Mutex<Vec<Instant>>>,
         arrived: Arc<Notify>,
         held: Arc<watch::Sender<bool>>,
     }
@@ -441,6 +443,7 @@ pub mod fake_llm {
     pub const ANSWER: &str = "There are 3 approved articles.";
 
     async fn complete(State(f): State<FakeLlm>, Json(_body): Json<Value>) -> Json<Value> {
+        f.arrivals.lock().unwrap().push(Instant::now());
         f.requests.fetch_add(1, Ordering::SeqCst);
         f.arrived.notify_waiters();
         let mut held = f.held.subscribe();
@@ -457,6 +460,7 @@ pub mod fake_llm {
             let fake = FakeLlm {
                 port: listener.local_addr().unwrap().port(),
                 requests: Arc::default(),
+                arrivals: Arc::default(),
                 arrived: Arc::default(),
                 held: Arc::new(watch::channel(false).0),
             };
@@ -476,6 +480,11 @@ pub mod fake_llm {
 
         pub fn requests(&self) -> usize {
             self.requests.load(Ordering::SeqCst)
+        }
+
+        /// When the `n`th request (from 0) arrived.
+        pub fn arrival(&self, n: usize) -> Option<Instant> {
+            self.arrivals.lock().unwrap().get(n).copied()
         }
 
         /// Makes answers wait until [`FakeLlm::release`].

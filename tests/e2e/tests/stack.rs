@@ -361,3 +361,57 @@ async fn sessions_stay_private_through_the_edge() {
         .unwrap();
     assert_eq!(r.status(), 404);
 }
+
+/// Status frames leave the agent as it works. While the LLM is still thinking, the message's
+/// `llm_request` entry has reached the client, within a few milliseconds of the call: not at the
+/// edge's next delayed ACK (tens of milliseconds), as when Nagle holds the agent's small writes.
+#[tokio::test(flavor = "multi_thread")]
+async fn status_frames_reach_the_client_while_the_llm_thinks() {
+    use stack_tests::fake_llm::{FakeLlm, ANSWER};
+    let llm = FakeLlm::start().await;
+    let mut stack = Stack::new(vec![
+        ("LLM_PROVIDER".into(), "openai".into()),
+        ("URL_BASE_OPENAI".into(), llm.base()),
+        ("KEY_OPENAI".into(), "test-key".into()),
+    ])
+    .await;
+    stack.start_agent().await;
+    stack.start_proxy().await;
+    let (mut socket, _) = stack.open_session(1).await;
+
+    let mut lags = Vec::new();
+    for _ in 0..5 {
+        llm.hold();
+        let before = llm.requests();
+        ws::send(
+            &mut socket,
+            json!({"type": "user_message", "content": "How many approved articles are there?"}),
+        )
+        .await;
+        llm.wait_for_requests(before + 1, Duration::from_secs(20))
+            .await;
+        let asked = llm.arrival(before).expect("the call's arrival");
+        loop {
+            let f = ws::next(&mut socket)
+                .await
+                .expect("frames while the LLM thinks");
+            assert_ne!(f["stage"], "llm_response", "the LLM is held: {f}");
+            if f["stage"] == "llm_request" {
+                break;
+            }
+        }
+        lags.push(Instant::now().saturating_duration_since(asked));
+        llm.release();
+        let rest = ws::until_idle(&mut socket).await;
+        assert!(
+            rest.iter()
+                .any(|f| f["type"] == "agent_message" && f["content"] == ANSWER),
+            "{rest:?}"
+        );
+    }
+    let best = *lags.iter().min().unwrap();
+    assert!(
+        best < Duration::from_millis(15),
+        "llm_request reached the client {best:?} after the LLM call at best: {lags:?}"
+    );
+}
