@@ -179,6 +179,32 @@ mod tests {
         assert!(socket.sent().is_empty());
     }
 
+    /// The welcome is written as soon as it is queued: the writer waits for no timer first. This
+    /// test never lets the runtime idle, so a timer (even one due "now", which the timer wheel
+    /// fires at its next millisecond) would only fire if the yields took that long.
+    #[tokio::test]
+    async fn the_first_frame_waits_for_no_timer() {
+        let (out, rx, slow) = Outbound::new(8);
+        out.send(ServerFrame::system("welcome")).unwrap();
+        let socket = Recorder::default();
+        let done = CancellationToken::new();
+        let writer = tokio::spawn(write_loop(
+            socket.clone(),
+            rx,
+            slow,
+            done.clone(),
+            Duration::from_secs(30),
+        ));
+        let mut yields = 0;
+        while socket.sent().is_empty() && yields < 100 {
+            tokio::task::yield_now().await;
+            yields += 1;
+        }
+        assert_eq!(socket.sent(), vec![text(&ServerFrame::system("welcome"))]);
+        done.cancel();
+        assert_eq!(writer.await.unwrap(), None);
+    }
+
     #[tokio::test]
     async fn a_failed_write_ends_the_connection() {
         let (out, rx, slow) = Outbound::new(8);
