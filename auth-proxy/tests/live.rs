@@ -766,3 +766,30 @@ async fn unknown_kid_flood_fetches_at_most_once_per_30_s() {
         101
     );
 }
+
+/// With `ws.close_frame`, a tunnel the edge ends gets the filled template as a text frame just
+/// before its close frame: what a chat page can show the person (browsers hide close reasons).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_tunnel_is_told_why_before_its_close_frame() {
+    let (_dir, url) = sqlite_db().await;
+    let upstream = Upstream::start().await;
+    let toml = format!(
+        "{BASE_TOML}[ws]\nclose_frame = '{{\"type\":\"error\",\"content\":\"{{message}}\",\"code\":{{code}}}}'\n"
+    );
+    let proxy = start(&url, upstream.port, &toml, admin_env()).await;
+    let mut tunnel = open_tunnel(&proxy, &user_token(2, now_unix() - 5)).await;
+    revoke(&proxy, json!({"user_id": 2})).await;
+    let notice = tokio::time::timeout(STEP, tunnel.next())
+        .await
+        .expect("a frame in time");
+    let Some(Ok(Message::Text(text))) = notice else {
+        panic!("expected the notice first, got {notice:?}");
+    };
+    let v: Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(
+        v,
+        json!({"type": "error", "content": "Your session was revoked; sign in again.", "code": 1008})
+    );
+    let (code, reason, _) = expect_close(&mut tunnel, Duration::from_secs(1)).await;
+    assert_eq!((code, reason.as_str()), (1008, "token_revoked"));
+}

@@ -125,6 +125,11 @@ pub struct WsConfig {
     /// With `close`: a JSON text frame sent before the close frame; `{error}`, `{message}`,
     /// `{status}` are filled in. Empty: none.
     pub reject_frame: String,
+    /// A JSON text frame sent before the close frame when the edge ends an open tunnel (revoked,
+    /// expired, user removed, idle, shutting down, message too big); `{error}`, `{message}`,
+    /// `{code}` (and `{status}`: the close code) are filled in. Empty: `reject_frame`'s template,
+    /// if set; else none.
+    pub close_frame: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -48,12 +48,13 @@ pub fn load_config(
 }
 
 /// The start-up checks that need a part's own knowledge, one per part: the key families
-/// ([`crate::auth::keys`]), the origin grammar ([`crate::decide::cors`]) and the refusal
-/// template ([`crate::tunnel::refusal`]).
+/// ([`crate::auth::keys`]), the origin grammar ([`crate::decide::cors`]), the refusal
+/// template ([`crate::tunnel::refusal`]) and the live-close template ([`crate::tunnel::notice`]).
 pub fn check_config(config: &Config) -> Result<(), ConfigError> {
     crate::auth::keys::check_config(&config.jwt)?;
     crate::decide::cors::check_config(&config.cors, &config.ws)?;
-    crate::tunnel::refusal::check_config(&config.ws)
+    crate::tunnel::refusal::check_config(&config.ws)?;
+    crate::tunnel::notice::check_config(&config.ws)
 }
 
 /// Runs the proxy until it is told to stop. Returns after a graceful drain.

@@ -14,6 +14,7 @@
 //! 5. One access line at the end, with the duration and the bytes of each direction.
 
 pub(crate) mod frames;
+pub(crate) mod notice;
 pub(crate) mod refusal;
 pub(crate) mod relay;
 
@@ -475,6 +476,7 @@ async fn run(state: Arc<AppState>, e: Box<Established>, ticket: Ticket) {
             reserved_bits: ws.allow_extensions,
         },
         idle: state.websocket_idle_timeout(),
+        notice: crate::tunnel::notice::template(&state.config.ws),
     };
     let counters = RelayCounters {
         to_upstream: &m.tunnel_bytes_to_upstream,

@@ -31,16 +31,18 @@ pub fn accept_key(key: Option<&[u8]>) -> Option<String> {
     Some(derive_accept_key(trimmed))
 }
 
+/// `s` JSON-escaped, without the quotes: what a template's placeholder inside a JSON string takes.
+pub fn json_escaped(s: &str) -> String {
+    let quoted = serde_json::Value::String(s.to_string()).to_string();
+    quoted[1..quoted.len() - 1].to_string()
+}
+
 /// Fills a `ws.reject_frame` template; values are JSON-escaped (without the quotes), so a template
 /// that is valid JSON stays valid JSON.
 pub fn render(template: &str, reject: Reject) -> String {
-    let esc = |s: &str| {
-        let quoted = serde_json::Value::String(s.to_string()).to_string();
-        quoted[1..quoted.len() - 1].to_string()
-    };
     template
-        .replace("{error}", &esc(reject.code()))
-        .replace("{message}", &esc(reject.message()))
+        .replace("{error}", &json_escaped(reject.code()))
+        .replace("{message}", &json_escaped(reject.message()))
         .replace("{status}", &reject.status().to_string())
 }
 

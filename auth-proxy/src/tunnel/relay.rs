@@ -24,6 +24,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::live::tunnels::{CloseRequest, TunnelLease, CLOSE_GOING_AWAY};
 use crate::tunnel::frames::{self, Advance, FrameTracker, Limits, Violation, HELD_ROOM};
+use crate::tunnel::notice;
 
 /// Size of the per-thread scratch buffer every read goes through.
 const SCRATCH_BYTES: usize = 16 * 1024;
@@ -38,11 +39,14 @@ thread_local! {
 
 /// How one tunnel is relayed.
 #[derive(Clone, Copy)]
-pub struct RelayConfig {
+pub struct RelayConfig<'a> {
     /// Limits on frames toward the agent.
     pub to_upstream: Limits,
     /// The tunnel closes after this long without a byte in either direction.
     pub idle: Duration,
+    /// When the edge ends the tunnel itself: the template of a text frame sent to the client just
+    /// before the close frame ([`crate::tunnel::notice`]).
+    pub notice: Option<&'a str>,
 }
 
 /// The byte counters of the two directions (cached metric handles).
@@ -230,7 +234,7 @@ pub async fn relay<C, U>(
     mut upstream: U,
     to_client_first: Vec<u8>,
     lease: &mut TunnelLease,
-    config: RelayConfig,
+    config: RelayConfig<'_>,
     counters: RelayCounters<'_>,
 ) -> RelayEnd
 where
@@ -310,7 +314,8 @@ where
     .await;
 
     let halves = (&mut up, &mut down);
-    let reason = Box::pin(finish(stop, &mut client, &mut upstream, halves, &counters)).await;
+    let ends = (&counters, config.notice);
+    let reason = Box::pin(finish(stop, &mut client, &mut upstream, halves, ends)).await;
     RelayEnd {
         to_upstream: up.bytes,
         to_client: down.bytes,
@@ -324,7 +329,7 @@ async fn finish<C, U>(
     client: &mut C,
     upstream: &mut U,
     (up, down): (&mut Half, &mut Half),
-    counters: &RelayCounters<'_>,
+    (counters, notice): (&RelayCounters<'_>, Option<&str>),
 ) -> EndReason
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -367,12 +372,13 @@ where
         return reason;
     };
     let _ = tokio::time::timeout(LINGER, async {
-        // Toward the client: what was already read, then the close frame at a frame boundary.
+        // Toward the client: what was already read, then at a frame boundary the notice (when
+        // configured) and the close frame, in one write.
         flush_spill(client, down).await?;
         if down.frames.at_boundary() {
-            client
-                .write_all(&frames::close_frame(close.code, &close.reason))
-                .await?;
+            let mut bytes = notice.map_or_else(Vec::new, |t| notice::frame(t, &close));
+            bytes.extend_from_slice(&frames::close_frame(close.code, &close.reason));
+            client.write_all(&bytes).await?;
             client.flush().await?;
         }
         // Toward the agent: a masked close frame when its direction is between frames.
@@ -483,7 +489,7 @@ mod tests {
         f
     }
 
-    fn config() -> RelayConfig {
+    fn config() -> RelayConfig<'static> {
         RelayConfig {
             to_upstream: Limits {
                 max_frame: 100,
@@ -491,7 +497,51 @@ mod tests {
                 reserved_bits: false,
             },
             idle: Duration::from_secs(30),
+            notice: None,
         }
+    }
+
+    #[tokio::test]
+    async fn with_a_notice_the_client_reads_why_before_the_close_frame() {
+        let (client_edge, mut client) = duplex(1024);
+        let (upstream_edge, _agent) = duplex(1024);
+        let tunnels = Tunnels::new();
+        let mut lease = lease(&tunnels);
+        let (a, b) = counters();
+        let template = r#"{"type":"error","content":"{message}"}"#;
+        let task = tokio::spawn({
+            let tunnels = tunnels.clone();
+            async move {
+                let _keep = tunnels;
+                let config = RelayConfig {
+                    notice: Some(template),
+                    ..config()
+                };
+                let counters = RelayCounters {
+                    to_upstream: &a,
+                    to_client: &b,
+                };
+                relay(
+                    client_edge,
+                    upstream_edge,
+                    Vec::new(),
+                    &mut lease,
+                    config,
+                    counters,
+                )
+                .await
+            }
+        });
+        let close = CloseRequest::new(1008, "token_revoked");
+        assert_eq!(tunnels.close_all(close.clone()), 1);
+        let mut want = notice::frame(template, &close);
+        want.extend_from_slice(&frames::close_frame(1008, "token_revoked"));
+        let mut got = vec![0u8; want.len()];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, want);
+        assert!(String::from_utf8_lossy(&got).contains("Your session was revoked; sign in again."));
+        drop(client);
+        assert_eq!(task.await.unwrap().reason, EndReason::Closed(close));
     }
 
     #[tokio::test]
