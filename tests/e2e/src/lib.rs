@@ -513,3 +513,117 @@ pub mod fake_llm {
         }
     }
 }
+
+/// Headless Chromium (Debian's `chromium`) driven through `chromedriver` (Debian's
+/// `chromium-driver`) with fantoccini. Without both on PATH a test is skipped with a message,
+/// unless `REQUIRE_BROWSER=1` (CI sets it; `scripts/prereqs.sh` installs both).
+pub mod browser {
+    use std::net::TcpStream;
+    use std::path::PathBuf;
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use fantoccini::{Client, ClientBuilder, Locator};
+    use serde_json::json;
+
+    fn on_path(name: &str) -> Option<PathBuf> {
+        std::env::var_os("PATH")?
+            .to_str()?
+            .split(':')
+            .map(|d| PathBuf::from(d).join(name))
+            .find(|p| p.is_file())
+    }
+
+    /// chromedriver as a child process, killed on drop.
+    pub struct Driver(Child);
+
+    impl Drop for Driver {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// Starts chromedriver on a port it picks itself (`--port=0`) and returns it with the port it
+    /// reports ("... started successfully on port N.").
+    fn start_driver(chromedriver: &PathBuf) -> (Driver, u16) {
+        let mut child = Command::new(chromedriver)
+            .arg("--port=0")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver");
+        let stdout = child.stdout.take().expect("chromedriver's stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(port) = line
+                    .split("started successfully on port ")
+                    .nth(1)
+                    .and_then(|rest| rest.trim_end_matches('.').trim().parse::<u16>().ok())
+                {
+                    let _ = tx.send(port);
+                }
+            }
+        });
+        let port = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("chromedriver did not report its port");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        (Driver(child), port)
+    }
+
+    /// A WebDriver session with headless Chromium (keep the [`Driver`] alive as long as it), or
+    /// `None` (test skipped) when the browser is not installed and not required.
+    pub async fn open() -> Option<(Driver, Client)> {
+        let (Some(chromium), Some(chromedriver)) = (on_path("chromium"), on_path("chromedriver"))
+        else {
+            assert!(
+                std::env::var("REQUIRE_BROWSER").as_deref() != Ok("1"),
+                "REQUIRE_BROWSER=1 but chromium or chromedriver is not on PATH (scripts/prereqs.sh installs them)"
+            );
+            eprintln!("SKIPPED: chromium and chromedriver are not on PATH (apt-get install chromium chromium-driver)");
+            return None;
+        };
+        let (driver, port) = start_driver(&chromedriver);
+        let caps = json!({
+            "goog:chromeOptions": {
+                "binary": chromium,
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1100,1000"]
+            }
+        });
+        let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps.as_object().unwrap().clone())
+            .connect(&format!("http://127.0.0.1:{port}"))
+            .await
+            .expect("a WebDriver session with headless Chromium");
+        Some((driver, client))
+    }
+
+    /// The text of the element with `id`, or "" when the page (mid-reload) has none.
+    pub async fn text_of(client: &Client, id: &str) -> String {
+        match client.find(Locator::Id(id)).await {
+            Ok(el) => el.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
+    /// Waits (at most `limit`) until the element with `id` shows `needle`.
+    pub async fn wait_for_text(client: &Client, id: &str, needle: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !text_of(client, id).await.contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "#{id} never showed {needle:?} (last: {:?})",
+                text_of(client, id).await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}

@@ -7,72 +7,16 @@
 //! Without chromium and chromedriver on PATH the test is skipped with a message, unless
 //! `REQUIRE_BROWSER=1` (CI sets it; `scripts/prereqs.sh` installs both).
 
-use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fantoccini::{ClientBuilder, Locator};
+use fantoccini::Locator;
 use serde_json::json;
-use stack_tests::{bin_dir, ws, Stack, StackOptions};
+use stack_tests::{bin_dir, browser, ws, Stack, StackOptions};
 use test_support::{now_unix, token_with_claims, TEST_JWT_SECRET};
 
 /// How long the page may take to show new numbers (it reloads itself every 2 s).
 const PAGE_TIMEOUT: Duration = Duration::from_secs(20);
 const ADMIN_TOKEN: &str = "status-page-admin-token-0123456789abcdef";
-
-fn on_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| PathBuf::from(d).join(name))
-        .find(|p| p.is_file())
-}
-
-/// chromedriver as a child process, killed on drop.
-struct Driver(Child);
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts chromedriver on a port it picks itself (`--port=0`) and returns it with the port it
-/// reports ("... started successfully on port N.").
-fn start_driver(chromedriver: &PathBuf) -> (Driver, u16) {
-    let mut child = Command::new(chromedriver)
-        .arg("--port=0")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start chromedriver");
-    let stdout = child.stdout.take().expect("chromedriver's stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if let Some(port) = line
-                .split("started successfully on port ")
-                .nth(1)
-                .and_then(|rest| rest.trim_end_matches('.').trim().parse::<u16>().ok())
-            {
-                let _ = tx.send(port);
-            }
-        }
-    });
-    let port = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("chromedriver did not report its port");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "chromedriver did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (Driver(child), port)
-}
 
 /// The integer in the element with `id`, read from the page as the browser shows it now.
 async fn number(client: &fantoccini::Client, id: &str) -> Option<i64> {
@@ -98,24 +42,12 @@ async fn wait_for(client: &fantoccini::Client, id: &str, want: impl Fn(i64) -> b
     }
 }
 
-/// The text of the element with `id`, or "" when the page (mid-reload) has none.
-async fn text_of(client: &fantoccini::Client, id: &str) -> String {
-    match client.find(Locator::Id(id)).await {
-        Ok(el) => el.text().await.unwrap_or_default(),
-        Err(_) => String::new(),
-    }
+async fn wait_for_text(client: &fantoccini::Client, id: &str, needle: &str) {
+    browser::wait_for_text(client, id, needle, PAGE_TIMEOUT).await
 }
 
-async fn wait_for_text(client: &fantoccini::Client, id: &str, needle: &str) {
-    let deadline = Instant::now() + PAGE_TIMEOUT;
-    while !text_of(client, id).await.contains(needle) {
-        assert!(
-            Instant::now() < deadline,
-            "#{id} never showed {needle:?} (last: {:?})",
-            text_of(client, id).await
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+async fn text_of(client: &fantoccini::Client, id: &str) -> String {
+    browser::text_of(client, id).await
 }
 
 /// Fills and submits the form in one script, so the page's own reload cannot come in between.
@@ -136,13 +68,7 @@ async fn submit_revocation(client: &fantoccini::Client, admin_token: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_status_page_in_headless_chromium_shows_traffic() {
-    let (Some(chromium), Some(chromedriver)) = (on_path("chromium"), on_path("chromedriver"))
-    else {
-        assert!(
-            std::env::var("REQUIRE_BROWSER").as_deref() != Ok("1"),
-            "REQUIRE_BROWSER=1 but chromium or chromedriver is not on PATH (scripts/prereqs.sh installs them)"
-        );
-        eprintln!("SKIPPED: chromium and chromedriver are not on PATH (apt-get install chromium chromium-driver)");
+    let Some((_driver, client)) = browser::open().await else {
         return;
     };
     let stack = Stack::start_with(StackOptions {
@@ -150,19 +76,6 @@ async fn the_status_page_in_headless_chromium_shows_traffic() {
         ..StackOptions::default()
     })
     .await;
-    let (_driver, port) = start_driver(&chromedriver);
-    let caps = json!({
-        "goog:chromeOptions": {
-            "binary": chromium,
-            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1100,1000"]
-        }
-    });
-    let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-        .capabilities(caps.as_object().unwrap().clone())
-        .connect(&format!("http://127.0.0.1:{port}"))
-        .await
-        .expect("a WebDriver session with headless Chromium");
-
     let page = format!("http://127.0.0.1:{}/status", stack.admin_port);
     client.goto(&page).await.expect("load /status");
     assert_eq!(client.title().await.unwrap(), "auth-proxy status");
