@@ -1,7 +1,10 @@
-//! `loadgen`: measures the edge as its users judge it. Loopback targets only, unless told otherwise;
-//! every run is bounded in time (and optionally in count). Output: a human line, or JSON.
+//! `loadgen`: measures the edge and the agent as their users judge them. Loopback targets only,
+//! unless told otherwise; every run is bounded in time (and optionally in count). Output: a human
+//! line, or JSON. Also serves the benchmarks' stand-ins: an echo upstream and a fake Ollama LLM.
 
+mod chat;
 mod echo;
+mod fake_llm;
 mod report;
 mod scenarios;
 mod tokens;
@@ -23,7 +26,8 @@ struct Cli {
 
 #[derive(Args, Clone)]
 struct Common {
-    /// Target URL (ws:// for WebSocket scenarios, http:// for `http`); a token is appended as `token=`.
+    /// Target URL (ws:// for WebSocket scenarios, http:// for `http`); a token is appended as
+    /// `token=`, and each connection gets a new UUID in place of `{uuid}`.
     #[arg(long)]
     url: String,
     #[arg(long, default_value_t = 16)]
@@ -70,12 +74,48 @@ enum Command {
         #[arg(long, default_value_t = 64)]
         size: usize,
     },
-    /// Hold N idle connections, then report the RSS growth of --pid per connection.
+    /// Hold N idle connections, then report the RSS growth of each --pid per connection.
     Idle {
         #[command(flatten)]
         common: Common,
+        /// A process to watch; repeat (or separate with commas) for several (their sum is reported too).
+        #[arg(long, value_delimiter = ',')]
+        pid: Vec<u32>,
+        /// Count a connection as open only once its first frame (a chat server's welcome) arrived.
         #[arg(long)]
-        pid: Option<u32>,
+        first_frame: bool,
+        /// Connections opened and held before the first RSS reading.
+        #[arg(long, default_value_t = 0)]
+        warmup: usize,
+        /// Text each connection sends after the hold; any frame back proves it alive.
+        #[arg(long, default_value = "ping")]
+        probe: String,
+    },
+    /// Chat protocol: connect, read the welcome (first frame, `type: system`), close cleanly; repeat.
+    Welcome(Common),
+    /// Chat protocol: --connections clients each send --messages user messages one after the other,
+    /// waiting for each `agent_message` and the closing `typing: false`; tallies the status log.
+    Chat {
+        #[command(flatten)]
+        common: Common,
+        /// Messages per connection.
+        #[arg(long, default_value_t = 10)]
+        messages: usize,
+        /// The text of every message.
+        #[arg(long, default_value = "How many approved articles are there?")]
+        message: String,
+    },
+    /// Serve a fake LLM speaking Ollama's API (/api/chat, /api/generate, /api/tags): a plain answer
+    /// after --delay-us.
+    FakeOllama {
+        #[arg(long, default_value = "127.0.0.1:11434")]
+        listen: String,
+        /// Microseconds before each answer.
+        #[arg(long, default_value_t = 1000)]
+        delay_us: u64,
+        /// The answer's text.
+        #[arg(long, default_value = "There are 2 approved articles in the database.")]
+        reply: String,
     },
     /// Authenticated HTTP requests per second.
     Http {
@@ -126,21 +166,49 @@ fn load(c: &Common) -> anyhow::Result<Load> {
 async fn run(command: Command) -> anyhow::Result<()> {
     let (report, json) = match command {
         Command::EchoServer { listen } => return echo::serve(&listen).await,
+        Command::FakeOllama {
+            listen,
+            delay_us,
+            reply,
+        } => return fake_llm::serve(&listen, Duration::from_micros(delay_us), &reply).await,
         Command::Handshakes(c) => (scenarios::handshakes(&load(&c)?).await, c.json),
         Command::Roundtrip { common, size } => (
             scenarios::roundtrip(&load(&common)?, size).await,
             common.json,
         ),
-        Command::Idle { common, pid } => {
+        Command::Idle {
+            common,
+            pid,
+            first_frame,
+            warmup,
+            probe,
+        } => {
             let limit = scenarios::raise_nofile();
-            if (limit as usize) < common.connections + 64 {
+            if (limit as usize) < common.connections + warmup + 64 {
                 anyhow::bail!(
                     "cannot hold {} connections: the open-files limit is {limit}",
-                    common.connections
+                    common.connections + warmup
                 );
             }
-            (scenarios::idle(&load(&common)?, pid).await, common.json)
+            let options = scenarios::IdleOptions {
+                first_frame,
+                warmup,
+                probe,
+            };
+            (
+                scenarios::idle(&load(&common)?, &pid, &options).await,
+                common.json,
+            )
         }
+        Command::Welcome(c) => (chat::welcome(&load(&c)?).await, c.json),
+        Command::Chat {
+            common,
+            messages,
+            message,
+        } => (
+            chat::chat(&load(&common)?, messages, &message).await,
+            common.json,
+        ),
         Command::Http {
             common,
             query_token,
@@ -221,8 +289,20 @@ mod tests {
             count: 0,
             tokens: vec![],
         };
-        let i = scenarios::idle(&idle, Some(std::process::id())).await;
+        let me = std::process::id();
+        let options = scenarios::IdleOptions::default();
+        let i = scenarios::idle(&idle, &[me], &options).await;
         assert_eq!((i.held, i.errors), (Some(20), 0));
         assert!(i.rss_bytes_per_connection.is_some());
+        let two = scenarios::idle(
+            &Load {
+                connections: 5,
+                ..idle
+            },
+            &[me, me],
+            &options,
+        )
+        .await;
+        assert_eq!(two.rss_by_pid.map(|p| p.len()), Some(2));
     }
 }

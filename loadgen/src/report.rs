@@ -1,5 +1,7 @@
 //! Results: latency histograms summarised as percentiles, printed for people or as JSON.
 
+use std::collections::BTreeMap;
+
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
@@ -24,6 +26,56 @@ pub struct Report {
     pub rss_bytes_per_connection: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub held: Option<usize>,
+    /// `idle` with several `--pid`s: each process's RSS growth (`rss_bytes_per_connection` is their sum).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_by_pid: Option<Vec<PidRss>>,
+    /// `chat`: what the answers looked like (status log, the agent's own timing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chat: Option<ChatStats>,
+}
+
+/// Stage counts as one line, for people: `analyzing×2 completed×2`.
+pub fn stages_line(stages: &BTreeMap<String, u64>) -> String {
+    stages
+        .iter()
+        .map(|(s, n)| format!("{s}×{n}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// One watched process of an `idle` run.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PidRss {
+    pub pid: u32,
+    pub rss_before_bytes: u64,
+    pub rss_after_bytes: u64,
+    pub rss_bytes_per_connection: f64,
+}
+
+/// The answers of a `chat` run, as the client saw them.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct ChatStats {
+    /// Messages each connection sends, one after the other.
+    pub messages_per_connection: usize,
+    /// `agent_message` frames received (the latency histogram counts the same answers).
+    pub answers: u64,
+    /// `error` frames received in place of an answer.
+    pub error_frames: u64,
+    /// Every frame received between a `user_message` and the `typing: false` that ends its answer.
+    pub frames: u64,
+    /// `agent_progress` frames among them (the status log).
+    pub progress_frames: u64,
+    pub progress_per_answer: f64,
+    /// How many entries of each `stage`.
+    pub stages: BTreeMap<String, u64>,
+    /// `llm_request` entries, and those carrying a numeric `prompt_chars`.
+    pub llm_requests: u64,
+    pub llm_requests_with_chars: u64,
+    /// `llm_response` entries, and those carrying numeric `prompt_chars` and `response_chars`.
+    pub llm_responses: u64,
+    pub llm_responses_with_chars: u64,
+    /// Median of the `duration_ms` the agent reports in its `completed` entry (none: not reported).
+    pub agent_duration_ms_p50: Option<f64>,
 }
 
 impl Report {
@@ -53,6 +105,8 @@ impl Report {
             p999_us: h.value_at_quantile(0.999),
             rss_bytes_per_connection: None,
             held: None,
+            rss_by_pid: None,
+            chat: None,
         }
     }
 
@@ -66,6 +120,23 @@ impl Report {
                 "; held {held} idle connections, {:.1} KiB RSS each",
                 rss / 1024.0
             ));
+        }
+        for p in self.rss_by_pid.iter().flatten() {
+            s.push_str(&format!(
+                "; pid {} {:.1} KiB each",
+                p.pid,
+                p.rss_bytes_per_connection / 1024.0
+            ));
+        }
+        if let Some(c) = &self.chat {
+            s.push_str(&format!(
+                "; {} answers, {} error frames, {:.1} status entries per answer",
+                c.answers, c.error_frames, c.progress_per_answer
+            ));
+            if let Some(d) = c.agent_duration_ms_p50 {
+                s.push_str(&format!(", agent duration_ms p50 {d}"));
+            }
+            s.push_str(&format!(" ({})", stages_line(&c.stages)));
         }
         s
     }
