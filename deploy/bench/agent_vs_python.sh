@@ -395,7 +395,7 @@ fi
 # ---------------------------------------------------------------- 5. the table
 BUSY_AFTER=$(busy_percent)
 MACHINE="$(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -sr)"
-COMMAND="deploy/bench/agent_vs_python.sh$([ "$QUICK" = 1 ] && echo ' --quick') (ROUNDS=$ROUNDS SEQ_MESSAGES=$SEQ_MESSAGES WELCOMES=$WELCOMES CLIENTS=$CLIENTS CLIENT_MESSAGES=$CLIENT_MESSAGES IDLE=$IDLE IDLE_BIG=$IDLE_BIG)"
+COMMAND="deploy/bench/agent_vs_python.sh$([ "$QUICK" = 1 ] && echo ' --quick' || true) (ROUNDS=$ROUNDS SEQ_MESSAGES=$SEQ_MESSAGES WELCOMES=$WELCOMES CLIENTS=$CLIENTS CLIENT_MESSAGES=$CLIENT_MESSAGES IDLE=$IDLE IDLE_BIG=$IDLE_BIG)"
 # What the table says about the run, handed over through the environment (no quoting to get wrong).
 M_DATE=$(date -u +%Y-%m-%d) M_COMMAND=$COMMAND M_COMMIT=$COMMIT M_SUBJECT=$COMMIT_SUBJECT M_PYTHON=$PY_VERSIONS \
   M_OURS=$OURS_COMMIT M_MACHINE=$MACHINE M_PINNING=$PINNING M_HZ=$HZ M_HTTPX=$HTTPX_CLIENT_MS \
