@@ -305,3 +305,49 @@ async fn a_drain_sends_close_1001_to_open_tunnels_before_the_grace_ends() {
         "one access line per tunnel with its bytes and end:\n{log}"
     );
 }
+
+/// With `ws.close_frame`, every close the edge makes on its own is preceded by the filled template:
+/// here a message over the limit (1009) and the drain (1001).
+#[tokio::test(flavor = "multi_thread")]
+async fn with_a_close_frame_template_a_limit_and_the_drain_say_why_first() {
+    let toml = "shutdown_grace_secs = 2\n[websocket]\nmax_frame_bytes = 1024\n\
+                [ws]\nclose_frame = '{\"type\":\"error\",\"content\":\"{message}\"}'\n";
+    let (_dir, _upstream, mut proxy, path) = start(toml).await;
+    let content = |payload: Vec<u8>| -> String {
+        let v: serde_json::Value = serde_json::from_slice(&payload).expect("a JSON notice");
+        v["content"].as_str().unwrap_or_default().to_string()
+    };
+
+    let mut raw = Raw::connect(&proxy, &path).await;
+    raw.send(&frame(true, OP_BINARY, &[1; 1025])).await;
+    let (fin, op, payload) = raw.frame().await;
+    assert_eq!((fin, op), (true, OP_TEXT));
+    assert_eq!(
+        content(payload),
+        "That message was too large to send; the chat was closed."
+    );
+    assert_eq!(
+        raw.close_code().await,
+        (1009, "message too big".to_string())
+    );
+
+    let mut raw = Raw::connect(&proxy, &path).await;
+    raw.send(&frame(true, OP_TEXT, b"before")).await;
+    assert_eq!(raw.frame().await.2, b"before");
+    // SAFETY: kill(2) on our own child with a valid signal.
+    unsafe {
+        libc::kill(proxy.pid() as i32, libc::SIGTERM);
+    }
+    let (_, op, payload) = raw.frame().await;
+    assert_eq!(op, OP_TEXT);
+    assert_eq!(content(payload), "The server is restarting; reconnecting…");
+    assert_eq!(
+        raw.close_code().await,
+        (1001, "server shutting down".to_string())
+    );
+    raw.send(&frame(true, OP_CLOSE, &1001u16.to_be_bytes()))
+        .await;
+    assert!(raw.ends().await);
+    let status = proxy.wait_exit(Duration::from_secs(5)).expect("exits");
+    assert!(status.success(), "{status}:\n{}", proxy.output());
+}
