@@ -35,6 +35,8 @@ use crate::state::AppState;
 
 pub const CLOSE_INVALID_PROVIDER: u16 = 4000;
 pub const CLOSE_SLOW_CONSUMER: u16 = 1013;
+/// A message past the WebSocket layer's hard limit (see [`SocketBuffers`]).
+pub const CLOSE_TOO_BIG: u16 = 1009;
 /// What one socket's WebSocket layer may hold. An idle chat connection (Fluxion00Web keeps one
 /// open for minutes between questions) holds only the read buffer, so it is sized for a chat
 /// message, not for bulk data: tungstenite's defaults (128 KiB read and write buffers, touched up

@@ -91,7 +91,7 @@ pub(super) async fn read_loop(
             Ok(Some(Err(e))) => {
                 tracing::debug!(error = %crate::logs::chain(&e), "WebSocket read failed");
                 if over_hard_limit(&e) {
-                    let _ = out.close(1009, "message too big");
+                    let _ = out.close(super::CLOSE_TOO_BIG, "message too big");
                 }
                 return None;
             }

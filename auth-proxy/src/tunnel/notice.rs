@@ -41,39 +41,61 @@ pub fn check_config(ws: &WsConfig) -> Result<(), ConfigError> {
         })
 }
 
-/// The message a person reads for the edge's close `reason` (the close frame's reason text).
-pub fn message(close: &CloseRequest) -> &'static str {
-    match close.reason.as_str() {
-        "token_revoked" => "Your session was revoked; sign in again.",
-        "token_expired" => "Your session has expired; sign in again.",
-        "user_removed" => {
-            "Your account is no longer active; sign in again or ask your administrator."
-        }
-        "server shutting down" => "The server is restarting; reconnecting…",
-        "idle timeout" => "The chat was closed after a long silence; reconnect to go on.",
-        "message too big" => "That message was too large to send; the chat was closed.",
-        _ => "The connection was closed by the server; reconnect to go on.",
-    }
-}
+/// The edge's close reasons (the close frame's reason text), each with its short code for
+/// `{error}` and the message a person reads; any other reason (a broken frame sequence) is the last.
+const REASONS: [(&str, &str, &str); 6] = [
+    (
+        "token_revoked",
+        "token_revoked",
+        "Your session was revoked; sign in again.",
+    ),
+    (
+        "token_expired",
+        "token_expired",
+        "Your session has expired; sign in again.",
+    ),
+    (
+        "user_removed",
+        "user_removed",
+        "Your account is no longer active; sign in again or ask your administrator.",
+    ),
+    (
+        "server shutting down",
+        "shutting_down",
+        "The server is restarting; reconnecting…",
+    ),
+    (
+        "idle timeout",
+        "idle_timeout",
+        "The chat was closed after a long silence; reconnect to go on.",
+    ),
+    (
+        "message too big",
+        "message_too_big",
+        "That message was too large to send; the chat was closed.",
+    ),
+];
+const OTHER: (&str, &str) = (
+    "protocol_error",
+    "The connection was closed by the server; reconnect to go on.",
+);
 
-/// The short code of a close, for `{error}`: the reason itself when it is one of the edge's codes.
-fn error_code(close: &CloseRequest) -> &str {
-    match close.reason.as_str() {
-        "server shutting down" => "shutting_down",
-        "idle timeout" => "idle_timeout",
-        "message too big" => "message_too_big",
-        "token_revoked" | "token_expired" | "user_removed" => close.reason.as_str(),
-        _ => "protocol_error",
-    }
+/// `{error}` and `{message}` for a close.
+fn describe(close: &CloseRequest) -> (&'static str, &'static str) {
+    REASONS
+        .iter()
+        .find(|(reason, _, _)| *reason == close.reason)
+        .map_or(OTHER, |&(_, code, message)| (code, message))
 }
 
 /// Fills a template for a live close: `{error}` (e.g. `token_revoked`), `{message}`, and `{code}`
 /// and `{status}` (both the close code); values are JSON-escaped, as for refusals.
 pub fn render(template: &str, close: &CloseRequest) -> String {
     let code = close.code.to_string();
+    let (error, message) = describe(close);
     template
-        .replace("{error}", &json_escaped(error_code(close)))
-        .replace("{message}", &json_escaped(message(close)))
+        .replace("{error}", &json_escaped(error))
+        .replace("{message}", &json_escaped(message))
         .replace("{code}", &code)
         .replace("{status}", &code)
 }
@@ -131,12 +153,12 @@ mod tests {
         ];
         let mut seen = std::collections::HashSet::new();
         for r in reasons {
-            let m = message(&CloseRequest::new(1008, r));
+            let (_, m) = describe(&CloseRequest::new(1008, r));
             assert!(seen.insert(m), "{r} shares its message");
             assert!(m.ends_with('.') || m.ends_with('…'), "{m}");
         }
         assert_eq!(
-            message(&CloseRequest::new(1002, "reserved bits set")),
+            describe(&CloseRequest::new(1002, "reserved bits set")).1,
             "The connection was closed by the server; reconnect to go on."
         );
     }
